@@ -1,0 +1,129 @@
+"""Launch `app.py` as a subprocess on a free 127.0.0.1 port for client and browser tests.
+
+Usage:
+
+    with launched_app() as url:
+        client = gradio_client.Client(url)
+
+The app runs in offline demo mode with analytics and Hub access switched off.
+When the committed demo checkpoint is not there yet, a small MRM head with the
+demo encoder's width is built into a temporary folder and passed with
+`--checkpoint` (unless `extra_args` already names one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT_DIR = REPO_ROOT / "assets" / "demo"
+START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def demo_checkpoint_exists() -> bool:
+    """Return True when `assets/demo/` contains a loadable checkpoint file."""
+    if not DEMO_CHECKPOINT_DIR.is_dir():
+        return False
+    return any(p.suffix in {".safetensors", ".pt", ".pth", ".bin"} for p in DEMO_CHECKPOINT_DIR.iterdir())
+
+
+def build_stand_in_checkpoint(directory: Path, num_bases: int = 2, seed: int = 0) -> Path:
+    """Save a random MRM head with the demo encoder's width into `directory`."""
+    import torch
+
+    from mrm.encoders import DEMO_ENCODER, load_encoder
+    from mrm.model import MRM, save_mrm
+
+    width = load_encoder(DEMO_ENCODER).hidden_size
+    torch.manual_seed(seed)
+    model = MRM(in_dim=width, hidden_layers=(num_bases,))
+    with torch.no_grad():
+        model.shared_weight.copy_(torch.zeros(num_bases))
+    return save_mrm(model, directory, extra_config={"encoder": DEMO_ENCODER})
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"app.py exited with code {process.returncode} before serving {url}; log:\n"
+                + log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+            )
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(
+        f"app.py did not serve {url} within {timeout_s:.0f} s; log:\n"
+        + log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    # The app runs in its own process group, so this reaches only its children.
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def launched_app(extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `python app.py --offline` on a free port and yield its URL (ending in "/").
+
+    `extra_args` are appended to the command line; `env` entries override the
+    environment. The server is stopped when the block exits, also on errors.
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory(prefix="mrm-app-") as tmp:
+        tmp_dir = Path(tmp)
+        args = [sys.executable, str(REPO_ROOT / "app.py"), "--offline", "--host", "127.0.0.1", "--port", str(port)]
+        if "--checkpoint" not in extra_args and not demo_checkpoint_exists():
+            args += ["--checkpoint", str(build_stand_in_checkpoint(tmp_dir / "checkpoint"))]
+        args += list(extra_args)
+
+        child_env = {
+            **os.environ,
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            "MRM_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        log_path = tmp_dir / "app.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                args, cwd=REPO_ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                _wait_until_ready(url, process, log_path, START_TIMEOUT_S)
+                yield url
+            finally:
+                _stop(process)

@@ -1,0 +1,351 @@
+"""Embedding files and the seen/unseen user splits.
+
+An embedding dataset is two files that existing MRM users already have:
+
+- `NAME.pt`: one tensor `[N, hidden]` (bf16 or fp32), one row per response;
+- `NAME.json`: `{user_id: [entry, ...]}`; an entry has `chosen_idx`,
+  `rejected_idx` (rows of the tensor) and `split` ("train" or "val"), and
+  optionally `prompt`, `chosen`, `rejected`, `chosen_score`,
+  `rejected_score` and `conversation_id`.
+
+`build_user_splits` turns them into seen and unseen users with the same
+random choices as the published MRM code (see `split_seen_unseen` and
+`select_train_pairs`), so a published checkpoint meets the users it was
+trained and evaluated on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mrm.fileio import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+class DataError(ValueError):
+    """An embedding or metadata file that cannot be used as it is."""
+
+
+@dataclass
+class EmbeddingData:
+    """An embedding tensor and the per-user pair entries that index into it."""
+
+    embeddings: Tensor  # [N, H]
+    users: dict[str, list[dict]]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embeddings.shape[1]
+
+
+@dataclass
+class UserPairs:
+    """One user's pairs as row indices into the embedding tensor.
+
+    `train_*` are the (capped, shuffled) training pairs used for adaptation;
+    `test_*` the held-out pairs, in file order. `train_groups` gives each
+    training pair's group id for the support/query split: the pair's own
+    position for Reddit, its conversation for PRISM.
+    """
+
+    user_id: str
+    seen: bool
+    train_chosen: Tensor  # [P] int64
+    train_rejected: Tensor  # [P] int64
+    test_chosen: Tensor  # [Q] int64
+    test_rejected: Tensor  # [Q] int64
+    train_groups: list = field(default_factory=list)
+
+    @property
+    def num_train(self) -> int:
+        return self.train_chosen.numel()
+
+    @property
+    def num_test(self) -> int:
+        return self.test_chosen.numel()
+
+
+@dataclass
+class UserSplits:
+    seen: list[UserPairs]
+    unseen: list[UserPairs]
+    skipped: dict[str, str]  # user id -> reason
+
+    @property
+    def all_users(self) -> list[UserPairs]:
+        return self.seen + self.unseen
+
+
+# ----------------------------------------------------------------------------- file I/O
+
+
+def read_embedding_files(embed_pt: str | os.PathLike, meta_json: str | os.PathLike, mmap: bool = True) -> EmbeddingData:
+    """Read and validate an `NAME.pt` + `NAME.json` pair.
+
+    The tensor is memory-mapped when possible, so a multi-GB file costs no
+    extra RAM until rows are used. Raises `DataError` naming the file and the
+    problem for an empty or unreadable file, a malformed JSON, a bad entry or
+    an index out of range.
+    """
+    embed_pt, meta_json = Path(embed_pt), Path(meta_json)
+    embeddings = _read_tensor(embed_pt, mmap)
+    users = _read_metadata(meta_json)
+    validate_entries(users, num_rows=embeddings.shape[0], source=str(meta_json))
+    return EmbeddingData(embeddings=embeddings, users=users)
+
+
+def _read_tensor(path: Path, mmap: bool) -> Tensor:
+    if not path.is_file():
+        raise DataError(f"embedding file not found: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"embedding file {path} is empty; re-create it with `python -m mrm embed`")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # torch raises several types for corrupt files
+        if mmap:
+            return _read_tensor(path, mmap=False)
+        raise DataError(f"could not read {path} as a torch tensor file: {error}") from error
+    if isinstance(obj, Mapping) and len(obj) == 1:
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, Tensor) or obj.ndim != 2:
+        kind = f"tensor of shape {tuple(obj.shape)}" if isinstance(obj, Tensor) else type(obj).__name__
+        raise DataError(f"{path} holds a {kind}; expected one 2-D tensor [rows, hidden]")
+    if obj.shape[0] == 0 or obj.shape[1] == 0:
+        raise DataError(f"{path} holds an empty tensor of shape {tuple(obj.shape)}")
+    if not obj.is_floating_point():
+        raise DataError(f"{path} holds a {obj.dtype} tensor; expected floating point embeddings")
+    return obj
+
+
+def _read_metadata(path: Path) -> dict[str, list[dict]]:
+    if not path.is_file():
+        raise DataError(f"metadata file not found: {path}")
+    text = path.read_bytes()
+    if not text.strip():
+        raise DataError(f"metadata file {path} is empty; expected a JSON object {{user_id: [entry, ...]}}")
+    try:
+        users = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"metadata file {path} is not valid JSON: {error}") from error
+    if not isinstance(users, dict) or not all(isinstance(v, list) for v in users.values()):
+        raise DataError(f"metadata file {path} must be a JSON object mapping each user id to a list of entries")
+    if not users:
+        raise DataError(f"metadata file {path} lists no users")
+    return {str(user_id): entries for user_id, entries in users.items()}
+
+
+def validate_entries(users: Mapping[str, list], num_rows: int, source: str = "metadata") -> None:
+    """Check every entry's fields and row indices; raise one `DataError` listing the first problems."""
+    problems = []
+    for user_id, entries in users.items():
+        for position, entry in enumerate(entries):
+            where = f"user {user_id!r} entry {position}"
+            if not isinstance(entry, dict):
+                problems.append(f"{where}: not an object")
+                continue
+            for key in ("chosen_idx", "rejected_idx"):
+                value = entry.get(key)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    problems.append(f"{where}: {key}={value!r} is not an integer row index")
+                elif not 0 <= value < num_rows:
+                    problems.append(f"{where}: {key}={value} is out of range for an embedding tensor of {num_rows} rows")
+            if entry.get("split") not in SPLITS:
+                problems.append(f"{where}: split={entry.get('split')!r}, expected 'train' or 'val'")
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise DataError(f"{source} has invalid entries: {shown}{more}. Check that the .json matches the .pt file.")
+
+
+def write_embedding_files(prefix: str | os.PathLike, embeddings: Tensor, users: Mapping[str, list[dict]]) -> tuple[Path, Path]:
+    """Write `PREFIX.pt` and `PREFIX.json` atomically and return their paths."""
+    prefix = Path(prefix)
+    validate_entries(users, num_rows=embeddings.shape[0], source=f"{prefix}.json")
+    pt_path, json_path = prefix.with_name(prefix.name + ".pt"), prefix.with_name(prefix.name + ".json")
+    with atomic_path(pt_path) as tmp:
+        torch.save(embeddings.detach().cpu().contiguous(), tmp)
+    write_json_atomic(json_path, dict(users), indent=None)
+    return pt_path, json_path
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def split_seen_unseen(user_ids: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+    """Split users into seen (meta-training) and unseen halves.
+
+    Same rule as the published code: sort the ids, shuffle them with
+    `random.Random(seed)`, the first `len // 2` are seen.
+    """
+    ids = sorted(user_ids)
+    random.Random(seed).shuffle(ids)
+    half = len(ids) // 2
+    return ids[:half], ids[half:]
+
+
+def user_generator(user_id: str, seed: int) -> random.Random:
+    """Per-user generator of the published code: seed + md5(user id) mod 2**32."""
+    digest = int(hashlib.md5(str(user_id).encode("utf-8")).hexdigest(), 16)
+    return random.Random(seed + digest % 2**32)
+
+
+def select_train_pairs(entries: list[dict], user_id: str, seed: int, limit: int) -> list[dict]:
+    """Shuffle a user's training entries (file order) with the per-user generator and keep the first `limit`.
+
+    A `limit` of -1 keeps them all (still shuffled).
+    """
+    entries = list(entries)
+    user_generator(user_id, seed).shuffle(entries)
+    return entries if limit < 0 else entries[:limit]
+
+
+def support_query_split(num_groups: int, seed: int, user_index: int, epoch: int, val_ratio: float) -> tuple[list[int], list[int]]:
+    """Split group positions `0..num_groups-1` into (support, query) for one epoch (epochs count from 1).
+
+    Published rule: shuffle with `random.Random(seed + user_index + 1000 * epoch)`;
+    the first `max(1, int(n * val_ratio))` positions are the query set, the rest
+    the support set; with a single group both sets are that group.
+    """
+    ids = list(range(num_groups))
+    if num_groups == 1:
+        return ids, ids
+    random.Random(seed + user_index + 1000 * epoch).shuffle(ids)
+    num_query = max(1, int(num_groups * val_ratio))
+    query, support = ids[:num_query], ids[num_query:]
+    if not support:  # only reachable with val_ratio >= 1: keep at least one support group
+        support = query[-1:]
+        query = query[:-1] or support
+    return support, query
+
+
+def build_user_splits(
+    data: EmbeddingData,
+    seed: int = 42,
+    dataset: str = "REDDIT",
+    seen_train_limit: int = -1,
+    unseen_train_limit: int = -1,
+    score_threshold: float | None = None,
+) -> UserSplits:
+    """Build seen and unseen users with their capped training pairs and test pairs.
+
+    Users are split over every id in the metadata (so the assignment matches
+    the published code); users left with no training or no test pairs are then
+    skipped and listed in `UserSplits.skipped`, as are pairs whose embedding
+    rows contain NaN or inf.
+    """
+    dataset = dataset.upper()
+    if dataset not in ("REDDIT", "PRISM"):
+        raise DataError(f"unknown dataset {dataset!r}; expected REDDIT or PRISM")
+    seen_ids, unseen_ids = split_seen_unseen(list(data.users), seed)
+    bad_rows = find_nonfinite_rows(data.embeddings)
+    if bad_rows:
+        logger.warning("%d embedding rows contain NaN or inf; pairs using them are dropped", len(bad_rows))
+
+    skipped: dict[str, str] = {}
+    result: dict[bool, list[UserPairs]] = {True: [], False: []}
+    for is_seen, ids in ((True, seen_ids), (False, unseen_ids)):
+        limit = seen_train_limit if is_seen else unseen_train_limit
+        for user_id in ids:
+            user = _build_user(data.users[user_id], user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows)
+            if isinstance(user, str):
+                skipped[user_id] = user
+            else:
+                result[is_seen].append(user)
+
+    if skipped:
+        listed = ", ".join(f"{uid} ({why})" for uid, why in list(skipped.items())[:10])
+        logger.warning("skipped %d users: %s%s", len(skipped), listed, " ..." if len(skipped) > 10 else "")
+    if not result[True]:
+        raise DataError(f"no usable seen users out of {len(data.users)} users; skipped: {skipped}")
+    return UserSplits(seen=result[True], unseen=result[False], skipped=skipped)
+
+
+def _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows) -> UserPairs | str:
+    def usable(entry: dict) -> bool:
+        if entry["chosen_idx"] in bad_rows or entry["rejected_idx"] in bad_rows:
+            return False
+        if score_threshold is not None and "chosen_score" in entry and "rejected_score" in entry:
+            # NOTE: the published filter's exact rule is not documented; this keeps
+            # pairs whose rating gap is at least the threshold.
+            return entry["chosen_score"] - entry["rejected_score"] >= score_threshold
+        return True
+
+    train = [e for e in entries if e["split"] == "train" and usable(e)]
+    test = [e for e in entries if e["split"] == "val" and usable(e)]
+    train = select_train_pairs(train, user_id, seed, limit)
+    if not train:
+        return "no training pairs"
+    if not test:
+        return "no test pairs"
+
+    if dataset == "PRISM":
+        # Support/query splits are by conversation; group ids in order of first appearance.
+        # NOTE: the published ordering of a user's conversation ids is not documented.
+        order = list(dict.fromkeys(str(e.get("conversation_id", i)) for i, e in enumerate(train)))
+        position = {conv: i for i, conv in enumerate(order)}
+        groups = [position[str(e.get("conversation_id", i))] for i, e in enumerate(train)]
+    else:
+        groups = list(range(len(train)))
+
+    def indices(items: list[dict], key: str) -> Tensor:
+        return torch.tensor([e[key] for e in items], dtype=torch.long)
+
+    return UserPairs(
+        user_id=user_id,
+        seen=is_seen,
+        train_chosen=indices(train, "chosen_idx"),
+        train_rejected=indices(train, "rejected_idx"),
+        test_chosen=indices(test, "chosen_idx"),
+        test_rejected=indices(test, "rejected_idx"),
+        train_groups=groups,
+    )
+
+
+def find_nonfinite_rows(embeddings: Tensor, chunk_rows: int = 8192) -> set[int]:
+    """Return the indices of rows holding NaN or inf, scanning in chunks to bound memory."""
+    bad: set[int] = set()
+    for start in range(0, embeddings.shape[0], chunk_rows):
+        chunk = embeddings[start : start + chunk_rows]
+        rows = (~torch.isfinite(chunk)).any(dim=1).nonzero().flatten()
+        bad.update((rows + start).tolist())
+    return bad
+
+
+def num_groups(user: UserPairs) -> int:
+    return max(user.train_groups) + 1 if user.train_groups else 0
+
+
+def pairs_in_groups(user: UserPairs, group_ids: Sequence[int]) -> Tensor:
+    """Positions of the user's training pairs whose group is in `group_ids`, as an int64 tensor."""
+    wanted = set(group_ids)
+    return torch.tensor([i for i, g in enumerate(user.train_groups) if g in wanted], dtype=torch.long)
+
+
+def holdout_split(user: UserPairs, fraction: float = 0.2) -> tuple[Tensor, Tensor]:
+    """Split a user's training pairs into (adapt, held-out) positions for model selection.
+
+    The held-out part never includes test pairs. Deterministic per user id;
+    users with fewer than two training groups get an empty held-out part.
+    """
+    groups = num_groups(user)
+    if groups < 2:
+        return torch.arange(user.num_train), torch.empty(0, dtype=torch.long)
+    order = list(range(groups))
+    user_generator(user.user_id, seed=7919).shuffle(order)
+    num_held = max(1, math.floor(groups * fraction))
+    held_groups = order[:num_held]
+    return pairs_in_groups(user, order[num_held:]), pairs_in_groups(user, held_groups)

@@ -137,6 +137,30 @@ def pad_pairs(index_lists: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor,
     return chosen_rows, rejected_rows, mask
 
 
+def remap_rows(pair_lists: list[list[tuple[Tensor, Tensor]]]) -> tuple[Tensor, list[list[tuple[Tensor, Tensor]]]]:
+    """Find the distinct embedding rows used by several lists of per-user (chosen, rejected) pairs.
+
+    Returns the distinct rows `[R]` and the same lists with every index
+    replaced by its position among them, so base rewards are computed once
+    per row and then gathered.
+    """
+    flat = [part for pairs in pair_lists for chosen_rejected in pairs for part in chosen_rejected]
+    if not flat:
+        return torch.empty(0, dtype=torch.long), [[] for _ in pair_lists]
+    rows, inverse = torch.unique(torch.cat(flat), return_inverse=True)
+    pieces = iter(torch.split(inverse, [part.numel() for part in flat]))
+    remapped = [[(next(pieces), next(pieces)) for _ in pairs] for pairs in pair_lists]
+    return rows, remapped
+
+
+def stack_margin_bases(table: Tensor, pairs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Margin bases `[U, P, K]` and mask `[U, P]` from a base-reward table `[R, K]` and per-user row positions."""
+    chosen, rejected, mask = pad_pairs(pairs)
+    device = table.device
+    chosen, rejected, mask = chosen.to(device), rejected.to(device), mask.to(device)
+    return table[chosen] - table[rejected], mask
+
+
 # ----------------------------------------------------------------------------- single-user API
 
 

@@ -1,0 +1,348 @@
+"""Bi-level meta-training of MRM, vectorized over the users of a task group.
+
+Each seen user is a task. Per outer step, a group of `tasks_per_batch` users
+adapts the shared mixture logits on their support pairs with differentiable
+Adam steps (`mrm.adapt.inner_loop` with `create_graph=True`); the adapted
+logits' query losses are combined by the Robust Personalization Objective and
+backpropagated into the layers and the initial logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mrm.adapt import inner_loop, margins_from_logits, remap_rows, stack_margin_bases
+from mrm.data import (
+    DataError,
+    UserPairs,
+    build_user_splits,
+    num_groups,
+    pairs_in_groups,
+    read_embedding_files,
+    support_query_split,
+)
+from mrm.evaluate import evaluate, holdout_accuracy, write_per_user_csv
+from mrm.fileio import write_json_atomic, write_text_atomic
+from mrm.model import MRM, save_mrm
+from mrm.objectives import bradley_terry_loss, rpo_objective
+
+logger = logging.getLogger(__name__)
+
+SELECT_ON = ("val", "test", "last")
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training and evaluation settings; field names are the published command-line flags."""
+
+    embed_pt: str = field(default="", metadata={"help": "embedding tensor file [rows, hidden] (.pt)"})
+    meta_json: str = field(default="", metadata={"help": "metadata JSON {user_id: [entry, ...]} for embed_pt"})
+    ckpt: str | None = field(default=None, metadata={"help": "start from this checkpoint (file, folder or Hub repo id)"})
+    dataset: str = field(default="REDDIT", metadata={"help": "REDDIT (pairs split per pair) or PRISM (per conversation)"})
+    seen_train_limit: int = field(default=-1, metadata={"help": "training pairs kept per seen user; -1 keeps all"})
+    unseen_train_limit: int = field(default=-1, metadata={"help": "training pairs kept per unseen user; -1 keeps all"})
+    hidden_layers: list[int] = field(default_factory=lambda: [2], metadata={"help": "output size of each linear layer; the last is K"})
+    use_bias: bool = field(default=False, metadata={"help": "give the linear layers a bias"})
+    inner_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the per-user adaptation"})
+    meta_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the outer (meta) update"})
+    train_inner_epochs: int = field(default=1, metadata={"help": "inner Adam steps during meta-training"})
+    eval_inner_epochs: int = field(default=1, metadata={"help": "inner Adam steps at evaluation"})
+    tasks_per_batch: int = field(default=2, metadata={"help": "users (tasks) per outer step"})
+    epochs: int = field(default=200, metadata={"help": "passes over the seen users"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "fraction of outer steps with linear learning-rate warm-up"})
+    val_ratio: float = field(default=0.9, metadata={"help": "fraction of a user's training pairs (or conversations) in the query set"})
+    score_threshold: float | None = field(default=None, metadata={"help": "drop pairs whose chosen_score - rejected_score is below this"})
+    rpo_ratio: float = field(default=0.5, metadata={"help": "RPO: threshold is the (1 - rpo_ratio) quantile of the group's task losses"})
+    rpo_gamma: float = field(default=0.5, metadata={"help": "RPO temperature; <= 0 sums only losses above the threshold"})
+    seed: int = field(default=42, metadata={"help": "seed of user splits, pair caps, support/query splits and initialisation"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto"})
+    output_path: str | None = field(default=None, metadata={"help": "run folder for logs, metrics, checkpoints and results"})
+    log_freq: int = field(default=10, metadata={"help": "evaluate every N epochs (and after the last)"})
+    save_freq: int = field(default=50, metadata={"help": "keep a checkpoint every N epochs; 0 disables"})
+    select_on: str = field(default="val", metadata={"help": "epoch selection: val (held-out training pairs of unseen users), test (published, optimistic), last"})
+    grad_clip: float = field(default=1.0, metadata={"help": "maximum gradient norm of the outer update"})
+
+    def validate(self) -> None:
+        problems = []
+        if not self.embed_pt or not self.meta_json:
+            problems.append("--embed_pt and --meta_json are required")
+        if not 0 < self.val_ratio < 1:
+            problems.append(f"--val_ratio {self.val_ratio} must lie strictly between 0 and 1")
+        if not 0 <= self.rpo_ratio <= 1:
+            problems.append(f"--rpo_ratio {self.rpo_ratio} must lie in [0, 1]")
+        if self.tasks_per_batch < 1 or self.epochs < 1:
+            problems.append(f"--tasks_per_batch {self.tasks_per_batch} and --epochs {self.epochs} must be at least 1")
+        if self.train_inner_epochs < 0 or self.eval_inner_epochs < 0:
+            problems.append("inner epochs must be zero or positive")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"--warmup_ratio {self.warmup_ratio} must lie in [0, 1)")
+        if self.log_freq < 1 or self.save_freq < 0:
+            problems.append(f"--log_freq {self.log_freq} must be >= 1 and --save_freq {self.save_freq} >= 0")
+        if self.select_on not in SELECT_ON:
+            problems.append(f"--select_on {self.select_on!r} must be one of {', '.join(SELECT_ON)}")
+        if self.dataset.upper() not in ("REDDIT", "PRISM"):
+            problems.append(f"--dataset {self.dataset!r} must be REDDIT or PRISM")
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
+
+# Published settings. NOTE: the published seed is not documented here; 42 is this project's default.
+PRESETS: dict[str, dict] = {
+    "reddit150": dict(dataset="REDDIT", seen_train_limit=150, unseen_train_limit=50, hidden_layers=[2], use_bias=False,
+                      inner_lr=5e-3, meta_lr=5e-3, train_inner_epochs=1, eval_inner_epochs=1, tasks_per_batch=2,
+                      epochs=200, warmup_ratio=0.05, val_ratio=0.9, rpo_ratio=0.5, rpo_gamma=0.5),
+    "reddit100": dict(dataset="REDDIT", seen_train_limit=100, unseen_train_limit=50, hidden_layers=[2], use_bias=False,
+                      inner_lr=5e-3, meta_lr=5e-3, train_inner_epochs=1, eval_inner_epochs=1, tasks_per_batch=2,
+                      epochs=200, warmup_ratio=0.05, val_ratio=0.9, rpo_ratio=0.5, rpo_gamma=0.5),
+    "prism": dict(dataset="PRISM", seen_train_limit=-1, unseen_train_limit=-1, hidden_layers=[2], use_bias=False,
+                  inner_lr=1e-3, meta_lr=1e-3, train_inner_epochs=1, eval_inner_epochs=1, tasks_per_batch=2,
+                  epochs=200, warmup_ratio=0.05, val_ratio=0.9, rpo_ratio=0.5, rpo_gamma=0.5),
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+# ----------------------------------------------------------------------------- one outer step
+
+
+@dataclass
+class TaskPairs:
+    """Support and query row indices of one task (user) for one epoch."""
+
+    support: tuple[Tensor, Tensor]
+    query: tuple[Tensor, Tensor]
+
+
+def task_pairs_for_epoch(user: UserPairs, user_index: int, epoch: int, seed: int, val_ratio: float) -> TaskPairs:
+    """Redraw a user's support/query split for `epoch` (counted from 1) with the published rule."""
+    support_groups, query_groups = support_query_split(num_groups(user), seed, user_index, epoch, val_ratio)
+    support = pairs_in_groups(user, support_groups)
+    query = pairs_in_groups(user, query_groups)
+    return TaskPairs(
+        support=(user.train_chosen[support], user.train_rejected[support]),
+        query=(user.train_chosen[query], user.train_rejected[query]),
+    )
+
+
+def group_meta_objective(
+    model: MRM,
+    embeddings: Tensor,
+    tasks: list[TaskPairs],
+    inner_steps: int,
+    inner_lr: float,
+    rpo_ratio: float,
+    rpo_gamma: float,
+) -> tuple[Tensor, Tensor]:
+    """RPO over the query losses of a group of tasks after differentiable inner adaptation.
+
+    Returns the objective (a scalar whose gradient reaches every parameter)
+    and the per-task query losses `[T]`.
+    """
+    rows, (support, query) = remap_rows([[t.support for t in tasks], [t.query for t in tasks]])
+    device = model.shared_weight.device
+    table = model.base_rewards(embeddings[rows.to(embeddings.device)].to(device))  # (R, K), with grad
+    support_bases, support_mask = stack_margin_bases(table, support)  # (T, P, K), (T, P)
+    query_bases, query_mask = stack_margin_bases(table, query)
+
+    adapted = inner_loop(support_bases, support_mask, model.shared_weight, inner_steps, inner_lr, create_graph=True)
+    query_losses = bradley_terry_loss(margins_from_logits(query_bases, adapted.logits), query_mask)  # (T,)
+    return rpo_objective(query_losses, rpo_ratio, rpo_gamma), query_losses
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    model: MRM  # the selected (best) model
+    history: list[dict]
+    results: dict
+    output_path: Path | None
+
+
+class RunFolder:
+    """The files of one training run; every write is atomic, so readers can poll them."""
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, obj) -> None:
+        if self.path:
+            write_json_atomic(self.path / name, obj)
+
+    def write_metrics(self, history: list[dict]) -> None:
+        # Rewritten whole (a few rows) so a reader never sees a half-written line.
+        if self.path:
+            write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+    def progress(self, status: str, epoch: int, epochs: int, message: str = "") -> None:
+        self.write_json("progress.json", {"status": status, "epoch": epoch, "epochs": epochs, "message": message, "time": time.time()})
+
+    def save_model(self, model: MRM, name: str, extra: dict) -> None:
+        if self.path:
+            save_mrm(model, self.path / name, extra_config=extra)
+
+
+def meta_train(config: TrainConfig, callback: Callable[[dict], None] | None = None) -> TrainResult:
+    """Meta-train MRM as configured, evaluating every `log_freq` epochs, and return the selected model.
+
+    `callback` receives a dict per event: `{"event": "epoch", ...}` after each
+    epoch and `{"event": "eval", ...}` with the metrics row after each evaluation.
+    """
+    config.validate()
+    run = RunFolder(config.output_path)
+    run.write_json("config.json", asdict(config))
+    run.progress("running", 0, config.epochs, "loading data")
+    try:
+        return _meta_train(config, run, callback or (lambda event: None))
+    except KeyboardInterrupt:
+        run.progress("cancelled", -1, config.epochs, "cancelled by the user")
+        raise
+    except Exception as error:
+        run.progress("failed", -1, config.epochs, f"{type(error).__name__}: {error}")
+        raise
+
+
+def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], None]) -> TrainResult:
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+
+    # Data: the embedding tensor stays in its stored dtype; rows are cast to fp32 when used.
+    data = read_embedding_files(config.embed_pt, config.meta_json)
+    splits = build_user_splits(data, config.seed, config.dataset, config.seen_train_limit, config.unseen_train_limit, config.score_threshold)
+    embeddings = data.embeddings if device.type == "cpu" else data.embeddings.to(device)
+    logger.info("%d seen and %d unseen users; %d skipped", len(splits.seen), len(splits.unseen), len(splits.skipped))
+
+    # Model: a fresh head seeded as published, or the given checkpoint.
+    if config.ckpt:
+        from mrm.hub import load_checkpoint
+
+        model = load_checkpoint(config.ckpt)
+    else:
+        model = MRM(in_dim=data.hidden_size, hidden_layers=config.hidden_layers, use_bias=config.use_bias)
+    if model.in_dim != data.hidden_size:
+        raise DataError(f"embedding width {data.hidden_size} in {config.embed_pt} does not match the checkpoint's in_dim {model.in_dim}")
+    model.to(device).train()
+
+    steps_per_epoch = math.ceil(len(splits.seen) / config.tasks_per_batch)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, int(config.warmup_ratio * total_steps)))
+    extra = {"training": {k: v for k, v in asdict(config).items() if k not in ("embed_pt", "meta_json", "output_path", "device")}}
+
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        epoch_loss = _train_one_epoch(model, embeddings, splits.seen, epoch, config, optimizer, schedule)
+        callback({"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": epoch_loss})
+        run.progress("running", epoch, config.epochs, f"epoch {epoch}: train loss {epoch_loss:.4f}")
+
+        if epoch % config.log_freq == 0 or epoch == config.epochs:
+            row = _evaluate_epoch(model, embeddings, splits, config, epoch, epoch_loss, time.perf_counter() - started)
+            history.append(row)
+            run.write_metrics(history)
+            callback({"event": "eval", **row})
+            logger.info("epoch %d: loss %.4f seen %.4f unseen %.4f overall %.4f", epoch, epoch_loss, row["seen"], row["unseen"], row["overall"])
+            if row["selection"] > best_score or config.select_on == "last":
+                best_score, best_epoch, best_state = row["selection"], epoch, copy.deepcopy(model.state_dict())
+                run.save_model(model, "best", {**extra, "epoch": epoch})
+        if config.save_freq and epoch % config.save_freq == 0:
+            run.save_model(model, f"checkpoints/epoch_{epoch:04d}", {**extra, "epoch": epoch})
+
+    # Final report on the selected epoch's model.
+    model.load_state_dict(best_state)
+    model.eval()
+    report = evaluate(model, embeddings, splits.seen, splits.unseen, config.inner_lr, config.eval_inner_epochs)
+    results = {
+        **report.to_results(),
+        "selected_on": _selection_label(config.select_on),
+        "best_epoch": best_epoch,
+        "selection_score": best_score,
+        "skipped_users": splits.skipped,
+        "protocol": {"inner_lr": config.inner_lr, "eval_inner_epochs": config.eval_inner_epochs, "seed": config.seed},
+    }
+    run.write_json("results.json", results)
+    if run.path:
+        write_per_user_csv(report.per_user, run.path / "per_user.csv")
+    run.progress("done", config.epochs, config.epochs, f"best epoch {best_epoch}: overall {results['overall']:.4f}")
+    return TrainResult(model=model, history=history, results=results, output_path=run.path)
+
+
+def _train_one_epoch(model, embeddings, seen, epoch, config, optimizer, schedule) -> float:
+    # Task order is reshuffled every epoch; the support/query split is redrawn per user.
+    order = list(range(len(seen)))
+    random.Random(config.seed + epoch).shuffle(order)
+    losses = []
+    for start in range(0, len(order), config.tasks_per_batch):
+        group = order[start : start + config.tasks_per_batch]
+        tasks = [task_pairs_for_epoch(seen[i], i, epoch, config.seed, config.val_ratio) for i in group]
+        objective, task_losses = group_meta_objective(
+            model, embeddings, tasks, config.train_inner_epochs, config.inner_lr, config.rpo_ratio, config.rpo_gamma
+        )
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        losses.append(task_losses.detach())
+    return float(torch.cat(losses).mean())
+
+
+def _evaluate_epoch(model, embeddings, splits, config, epoch, train_loss, elapsed) -> dict:
+    model.eval()
+    report = evaluate(model, embeddings, splits.seen, splits.unseen, config.inner_lr, config.eval_inner_epochs)
+    row = {"epoch": epoch, "train_loss": train_loss, **{k: report.adapted[k] for k in ("seen", "unseen", "overall", "worst10")}}
+    if config.select_on == "val":
+        # Unseen users' training pairs are never meta-trained on, so adapting on part of them
+        # and scoring the rest measures generalisation without touching any test pair.
+        holdout_users = splits.unseen or splits.seen
+        row["val"] = holdout_accuracy(model, embeddings, holdout_users, config.inner_lr, config.eval_inner_epochs)
+        row["selection"] = row["val"]
+    elif config.select_on == "test":
+        row["selection"] = row["overall"]
+    else:
+        row["selection"] = float(epoch)
+    row["elapsed_s"] = round(elapsed, 3)
+    model.train()
+    return row
+
+
+def _selection_label(select_on: str) -> str:
+    return {
+        "val": "val: held-out training pairs of unseen users (test pairs untouched)",
+        "test": "test: best overall test accuracy over evaluated epochs (published protocol, optimistic)",
+        "last": "last: final epoch",
+    }[select_on]

@@ -1,0 +1,5 @@
+import sys
+
+from mrm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,488 @@
+"""Event logic of the Personalize tab, as plain functions over plain data.
+
+A person's state is two plain values that the UI keeps per browser session:
+the labelled pairs (a list of `{"prompt", "chosen", "rejected"}` dicts) and the
+adapted mixture logits (a list of K floats, or None before adapting). Every
+function returns new values and never mutates its inputs, so a rejected input
+leaves the labels as they were. Input problems raise `InputError`, whose
+message is meant for the page. This module does not import gradio.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mrm.fileio import write_json_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ["prompt", "chosen", "rejected"]
+MAX_TEXT_CHARS = 8000
+MAX_LABELS = 1000
+MAX_CANDIDATES = 20
+MAX_UPLOAD_BYTES = 5_000_000
+MAX_STEPS = 500
+MAX_LR = 10.0
+DEFAULT_STEPS = 30
+DEFAULT_LR = 0.1
+PUBLISHED_STEPS = 1
+PUBLISHED_LR = 5e-3  # the published Reddit TL;DR inner learning rate
+PROFILE_FORMAT = "mrm-profile"
+PROFILE_VERSION = 1
+CANDIDATE_SEPARATOR = "---"
+
+Labels = list[dict[str, str]]
+
+
+class InputError(ValueError):
+    """Invalid user input; the message states the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------- texts
+
+
+def check_text(name: str, text: Any) -> str:
+    """Return `text` stripped, or raise `InputError` when it is empty or longer than MAX_TEXT_CHARS."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        raise InputError(f"The {name} is empty. Type or pick a text first.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(
+            f"The {name} has {len(text):,} characters, more than the limit of {MAX_TEXT_CHARS:,}. Shorten it."
+        )
+    return text
+
+
+def check_pair(prompt: Any, chosen: Any, rejected: Any) -> dict[str, str]:
+    """Return a validated `{"prompt", "chosen", "rejected"}` dict or raise `InputError`."""
+    pair = {
+        "prompt": check_text("post", prompt),
+        "chosen": check_text("chosen summary", chosen),
+        "rejected": check_text("rejected summary", rejected),
+    }
+    if pair["chosen"] == pair["rejected"]:
+        raise InputError("Both summaries are identical, so there is no preference to learn. Edit one of them.")
+    return pair
+
+
+def format_post(post: Any) -> str:
+    """Render a corpus post (with `.title` and `.post`) as the prompt text passed to the encoder."""
+    title = (getattr(post, "title", "") or "").strip()
+    body = (getattr(post, "post", "") or "").strip()
+    return f"{title}\n\n{body}" if title else body
+
+
+def pick_example(corpus: list, rng: random.Random) -> tuple[str, str, str]:
+    """Pick a random post with two different candidate summaries: `(prompt, summary_a, summary_b)`."""
+    posts = [post for post in corpus if len(post.summaries) >= 2]
+    if not posts:
+        raise InputError("The example corpus has no post with two summaries. Type a post and two summaries instead.")
+    post = rng.choice(posts)
+    first, second = rng.sample(range(len(post.summaries)), 2)
+    return format_post(post), post.summaries[first].text, post.summaries[second].text
+
+
+def pick_candidates(corpus: list, rng: random.Random) -> tuple[str, str]:
+    """Pick a random post and return `(prompt, candidates)` with one summary per line."""
+    posts = [post for post in corpus if post.summaries]
+    if not posts:
+        raise InputError("The example corpus is empty. Type a post and candidate summaries instead.")
+    post = rng.choice(posts)
+    lines = [" ".join(summary.text.split()) for summary in post.summaries[:MAX_CANDIDATES]]
+    return format_post(post), "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def add_label(labels: Labels, prompt: Any, summary_a: Any, summary_b: Any, choice: str) -> tuple[Labels, str]:
+    """Record that summary `choice` ("A" or "B") is better, or skip the pair ("skip")."""
+    choice = (choice or "").strip().lower()
+    if choice == "skip":
+        return list(labels), "Skipped this pair."
+    if choice not in {"a", "b"}:
+        raise InputError(f"Unknown choice {choice!r}; use 'A', 'B' or 'skip'.")
+    if len(labels) >= MAX_LABELS:
+        raise InputError(f"There are already {len(labels)} labelled pairs, the maximum. Delete some first.")
+
+    chosen, rejected = (summary_a, summary_b) if choice == "a" else (summary_b, summary_a)
+    pair = check_pair(prompt, chosen, rejected)
+    new_labels = [*labels, pair]
+    return new_labels, f"Labelled pair {len(new_labels)}: {choice.upper()} is better."
+
+
+def labels_to_rows(labels: Labels) -> list[list[str]]:
+    """Table rows (prompt, chosen, rejected) for the labels table."""
+    return [[pair["prompt"], pair["chosen"], pair["rejected"]] for pair in labels]
+
+
+def labels_to_frame(labels: Labels) -> pd.DataFrame:
+    """The labels as a DataFrame with columns prompt, chosen, rejected."""
+    return pd.DataFrame(labels_to_rows(labels), columns=LABEL_COLUMNS)
+
+
+def rows_to_labels(rows: Any) -> tuple[Labels, str]:
+    """Read an edited labels table back; rows whose chosen or rejected cell was cleared are deleted.
+
+    Raises `InputError` (naming the row) when an edited row is invalid, so the
+    caller can keep the previous labels.
+    """
+    if isinstance(rows, pd.DataFrame):
+        rows = rows.astype(object).where(rows.notna(), "").values.tolist()
+    elif isinstance(rows, dict):  # gradio_client sends {"headers": ..., "data": ...}
+        rows = rows.get("data") or []
+    labels: Labels = []
+    removed = 0
+    for number, row in enumerate(rows or [], start=1):
+        cells = [("" if cell is None else str(cell)) for cell in list(row)[:3]]
+        cells += [""] * (3 - len(cells))
+        if not cells[1].strip() or not cells[2].strip():
+            removed += 1
+            continue
+        try:
+            labels.append(check_pair(*cells))
+        except InputError as error:
+            raise InputError(f"Row {number}: {error}") from None
+    message = f"{len(labels)} labelled pairs."
+    if removed:
+        message += f" Removed {removed} row(s) with an empty chosen or rejected cell."
+    return labels, message
+
+
+def delete_row(labels: Labels, row_number: Any) -> tuple[Labels, str]:
+    """Delete the labelled pair at 1-based `row_number`."""
+    try:
+        index = int(row_number) - 1
+    except (TypeError, ValueError):
+        raise InputError(f"Row number {row_number!r} is not a whole number.") from None
+    if not labels:
+        raise InputError("There are no labelled pairs to delete.")
+    if not 0 <= index < len(labels):
+        raise InputError(f"Row {index + 1} does not exist; pick a row from 1 to {len(labels)}.")
+    new_labels = labels[:index] + labels[index + 1:]
+    return new_labels, f"Deleted row {index + 1}; {len(new_labels)} labelled pairs left."
+
+
+def restore_labels(stored: Any) -> Labels:
+    """Return the valid pairs of a value restored from browser storage, dropping anything malformed."""
+    if not isinstance(stored, list):
+        return []
+    labels = []
+    for item in stored[:MAX_LABELS]:
+        if not isinstance(item, dict):
+            continue
+        try:
+            labels.append(check_pair(item.get("prompt"), item.get("chosen"), item.get("rejected")))
+        except InputError:
+            continue
+    return labels
+
+
+def import_pairs(labels: Labels, path: str | Path | None) -> tuple[Labels, str]:
+    """Append the pairs of a CSV or JSONL upload; malformed lines are reported by number, the rest kept."""
+    from mrm.pairs import read_pairs
+
+    if not path:
+        raise InputError("No file uploaded. Choose a CSV or JSONL file of labelled pairs.")
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(
+            f"{path.name} is {size:,} bytes, more than the limit of {MAX_UPLOAD_BYTES:,}. Upload a smaller file."
+        )
+    # read_pairs decodes non-UTF-8 bytes with a fallback encoding and reports that in `warnings`.
+    result = read_pairs(path.read_bytes(), name=path.name)
+    added: Labels = []
+    problems = list(result.errors)
+    for pair in result.pairs:
+        try:
+            added.append(check_pair(pair.get("prompt"), pair.get("chosen"), pair.get("rejected")))
+        except InputError as error:
+            problems.append(f"pair {len(added) + len(problems) + 1}: {error}")
+    room = MAX_LABELS - len(labels)
+    if len(added) > room:
+        problems.append(f"{len(added) - room} pairs beyond the limit of {MAX_LABELS} were not added")
+        added = added[:room]
+
+    message = f"Added {len(added)} pairs from {path.name}."
+    for warning in result.warnings:
+        message += f" Note: {warning.rstrip('.')}."
+    if problems:
+        shown = "; ".join(problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        message += f" Skipped: {shown}{more}."
+    return [*labels, *added], message
+
+
+def export_labels_csv(labels: Labels, directory: str | Path) -> Path:
+    """Write the labels as `labelled_pairs.csv` (prompt, chosen, rejected) in `directory`."""
+    if not labels:
+        raise InputError("There are no labelled pairs to download yet.")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(LABEL_COLUMNS)
+    writer.writerows(labels_to_rows(labels))
+    path = Path(directory) / "labelled_pairs.csv"
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+# ----------------------------------------------------------------------------- adapt
+
+
+@dataclass
+class AdaptOutcome:
+    """Result of adapting the mixture logits to one person's labels."""
+
+    logits: list[float]
+    weights_before: list[float]
+    weights_after: list[float]
+    support_loss: list[float]
+    support_accuracy: list[float]
+    num_pairs: int
+    message: str = ""
+
+
+def check_steps_and_lr(steps: Any, lr: Any) -> tuple[int, float]:
+    """Return `(steps, lr)` as numbers in their allowed ranges, or raise `InputError`."""
+    try:
+        steps_value = int(steps)
+        lr_value = float(lr)
+    except (TypeError, ValueError):
+        raise InputError(f"Steps {steps!r} and learning rate {lr!r} must be numbers.") from None
+    if not 1 <= steps_value <= MAX_STEPS:
+        raise InputError(f"Steps must be between 1 and {MAX_STEPS}, not {steps_value}.")
+    if not (math.isfinite(lr_value) and 0 < lr_value <= MAX_LR):
+        raise InputError(f"The learning rate must be above 0 and at most {MAX_LR}, not {lr_value}.")
+    return steps_value, lr_value
+
+
+def mixture_weights(logits: list[float]) -> list[float]:
+    """Softmax of the mixture logits, as plain floats."""
+    return torch.softmax(torch.tensor(logits, dtype=torch.float32), dim=0).tolist()
+
+
+def adapt_profile(runtime, labels: Labels, steps: Any, lr: Any) -> AdaptOutcome:
+    """Embed the labelled pairs and adapt the meta-learned mixture logits to them with Adam."""
+    from mrm.adapt import adapt_logits
+
+    if not labels:
+        raise InputError("There are no labelled pairs yet. Label or upload at least one pair, then adapt.")
+    steps, lr = check_steps_and_lr(steps, lr)
+    pairs = restore_labels(labels)
+    if not pairs:
+        raise InputError("None of the labelled pairs is valid. Check the table for empty or identical summaries.")
+
+    # One encoder call for all responses: chosen rows first, then rejected rows.
+    prompts = [pair["prompt"] for pair in pairs]
+    responses = [pair["chosen"] for pair in pairs] + [pair["rejected"] for pair in pairs]
+    embeddings, _ = runtime.encode(prompts + prompts, responses)  # [2P, H]
+    chosen, rejected = embeddings[: len(pairs)], embeddings[len(pairs):]
+
+    init_logits = runtime.init_logits()
+    result = adapt_logits(runtime.model, chosen, rejected, torch.tensor(init_logits), steps, lr)
+    logits = [float(v) for v in result.logits.detach().cpu()]
+
+    message = f"Adapted on {result.num_pairs} labelled pairs with {steps} Adam steps at learning rate {lr:g}."
+    if result.num_pairs == 1:
+        message += " With a single pair the weights can only move toward that one preference."
+    return AdaptOutcome(
+        logits=logits,
+        weights_before=mixture_weights(init_logits),
+        weights_after=mixture_weights(logits),
+        support_loss=[float(v) for v in result.support_loss],
+        support_accuracy=[float(v) for v in result.support_accuracy],
+        num_pairs=int(result.num_pairs),
+        message=message,
+    )
+
+
+def weights_frame(weights_before: list[float], weights_after: list[float]) -> pd.DataFrame:
+    """Mixture weights before and after adapting, one row per (base reward, stage), for a bar plot."""
+    rows = []
+    for index, (before, after) in enumerate(zip(weights_before, weights_after), start=1):
+        rows.append({"base reward": f"base {index} before", "weight": before, "stage": "meta-init"})
+        rows.append({"base reward": f"base {index} after", "weight": after, "stage": "personalised"})
+    return pd.DataFrame(rows, columns=["base reward", "weight", "stage"])
+
+
+def curve_frame(support_loss: list[float], support_accuracy: list[float]) -> pd.DataFrame:
+    """Support loss and accuracy per step, long format for a line plot.
+
+    Step 0 is the meta-init value and step s the value after s Adam steps.
+    """
+    rows = [{"step": step, "value": value, "metric": "support loss"} for step, value in enumerate(support_loss)]
+    rows += [{"step": step, "value": value, "metric": "support accuracy"}
+             for step, value in enumerate(support_accuracy)]
+    return pd.DataFrame(rows, columns=["step", "value", "metric"])
+
+
+# ----------------------------------------------------------------------------- score
+
+
+SCORE_COLUMNS = ["rank", "candidate", "personalised reward", "meta-init reward", "meta-init rank",
+                 "reward model score"]
+
+
+@dataclass
+class ScoreOutcome:
+    """Rewards of candidate responses under the meta-init and the personalised logits."""
+
+    rows: list[list[Any]]
+    flipped: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def parse_candidates(text: Any) -> list[str]:
+    """Split candidate responses: blocks between `---` lines when present, else one per line."""
+    if isinstance(text, list):
+        candidates = [str(item).strip() for item in text]
+    else:
+        text = "" if text is None else str(text)
+        lines = text.splitlines()
+        if any(line.strip() == CANDIDATE_SEPARATOR for line in lines):
+            blocks, current = [], []
+            for line in lines:
+                if line.strip() == CANDIDATE_SEPARATOR:
+                    blocks.append("\n".join(current))
+                    current = []
+                else:
+                    current.append(line)
+            blocks.append("\n".join(current))
+            candidates = [block.strip() for block in blocks]
+        else:
+            candidates = [line.strip() for line in lines]
+    return [candidate for candidate in candidates if candidate]
+
+
+def _ranks(values: list[float]) -> list[int]:
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0] * len(values)
+    for rank, index in enumerate(order, start=1):
+        ranks[index] = rank
+    return ranks
+
+
+def score_candidates(runtime, logits: list[float] | None, prompt: Any, candidates_text: Any) -> ScoreOutcome:
+    """Score candidates for one prompt with the meta-init and the personalised logits, and find flips."""
+    prompt = check_text("post", prompt)
+    candidates = parse_candidates(candidates_text)
+    if not candidates:
+        raise InputError("There are no candidates. Enter one candidate summary per line (or separate them with ---).")
+    if len(candidates) > MAX_CANDIDATES:
+        raise InputError(f"There are {len(candidates)} candidates, more than the limit of {MAX_CANDIDATES}.")
+    candidates = [check_text(f"candidate {i}", text) for i, text in enumerate(candidates, start=1)]
+
+    init_logits = runtime.init_logits()
+    adapted = logits is not None
+    if adapted:
+        logits = check_profile_logits(logits, runtime.num_bases)
+    personal_logits = logits if adapted else init_logits
+
+    embeddings, model_scores = runtime.encode([prompt] * len(candidates), candidates)  # [N, H], [N] or None
+    base = runtime.base_rewards(embeddings)  # [N, K]
+    init_rewards = _mix(base, init_logits)
+    personal_rewards = _mix(base, personal_logits)
+
+    personal_ranks = _ranks(personal_rewards)
+    init_ranks = _ranks(init_rewards)
+    rows = []
+    for i in sorted(range(len(candidates)), key=lambda i: personal_ranks[i]):
+        score = "n/a" if model_scores is None else round(float(model_scores[i]), 4)
+        rows.append([personal_ranks[i], f"#{i + 1} {candidates[i]}", round(personal_rewards[i], 4),
+                     round(init_rewards[i], 4), init_ranks[i], score])
+
+    # A pair is flipped when the two logit vectors order it differently.
+    flipped = []
+    for i in range(len(candidates)):
+        for j in range(i + 1, len(candidates)):
+            before = init_rewards[i] - init_rewards[j]
+            after = personal_rewards[i] - personal_rewards[j]
+            if before * after < 0:
+                winner_before, winner_after = (i, j) if before > 0 else (j, i)
+                flipped.append(f"#{winner_before + 1} vs #{winner_after + 1}: meta-init preferred "
+                               f"#{winner_before + 1}, personalised prefers #{winner_after + 1}")
+
+    message = f"Scored {len(candidates)} candidates."
+    if not adapted:
+        message += " Not adapted yet, so the personalised reward equals the meta-init reward."
+    elif not flipped and len(candidates) > 1:
+        message += " Personalisation changed no pairwise order."
+    return ScoreOutcome(rows=rows, flipped=flipped, message=message)
+
+
+def _mix(base_rewards: torch.Tensor, logits: list[float]) -> list[float]:
+    weights = torch.softmax(torch.tensor(logits, dtype=torch.float32), dim=0)
+    return (base_rewards * weights).sum(dim=-1).tolist()
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def check_profile_logits(logits: Any, num_bases: int) -> list[float]:
+    """Return `logits` as K finite floats, or raise `InputError`."""
+    if not isinstance(logits, (list, tuple)) or not all(isinstance(v, (int, float)) for v in logits):
+        raise InputError("The mixture logits must be a list of numbers.")
+    if len(logits) != num_bases:
+        raise InputError(f"The profile has {len(logits)} mixture logits but this checkpoint has K={num_bases}.")
+    if not all(math.isfinite(float(v)) for v in logits):
+        raise InputError("The profile's mixture logits contain NaN or infinity.")
+    return [float(v) for v in logits]
+
+
+def profile_dict(runtime, logits: list[float] | None) -> dict:
+    """The personal profile: K mixture logits plus the encoder and checkpoint they belong to."""
+    if logits is None:
+        raise InputError("Nothing to export yet: adapt to your labels first.")
+    return {
+        "format": PROFILE_FORMAT,
+        "version": PROFILE_VERSION,
+        "encoder": runtime.encoder_id,
+        "checkpoint": runtime.checkpoint_id,
+        "in_dim": runtime.in_dim,
+        "num_bases": runtime.num_bases,
+        "mixture_logits": check_profile_logits(logits, runtime.num_bases),
+    }
+
+
+def write_profile(runtime, logits: list[float] | None, directory: str | Path) -> Path:
+    """Write the profile as `mrm_profile.json` in `directory`."""
+    path = Path(directory) / "mrm_profile.json"
+    write_json_atomic(path, profile_dict(runtime, logits))
+    return path
+
+
+def read_profile(runtime, path: str | Path | None) -> tuple[list[float], str]:
+    """Read a profile JSON file and return its logits, rejecting one made for another encoder or checkpoint."""
+    if not path:
+        raise InputError("No profile file uploaded.")
+    path = Path(path)
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise InputError(f"{path.name} is too large to be a profile ({path.stat().st_size:,} bytes).")
+    try:
+        profile = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path.name} is not a UTF-8 JSON file: {error}.") from None
+    if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
+        raise InputError(f"{path.name} is not an MRM profile (expected \"format\": \"{PROFILE_FORMAT}\").")
+
+    expected = {"encoder": runtime.encoder_id, "checkpoint": runtime.checkpoint_id, "in_dim": runtime.in_dim}
+    for key, value in expected.items():
+        if profile.get(key) != value:
+            raise InputError(
+                f"This profile was made for {key} {profile.get(key)!r}, but the app runs {key} {value!r}. "
+                "Adapt again here, or load the profile in an app that runs the same encoder and checkpoint."
+            )
+    logits = check_profile_logits(profile.get("mixture_logits"), runtime.num_bases)
+    return logits, f"Loaded the profile from {path.name}."

@@ -1,0 +1,99 @@
+"""The Gradio app: a header that names the running encoder and checkpoint, and two tabs."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from mrm.runtime import (
+    Runtime,
+    RuntimeConfigError,
+    choose_mode,
+    load_runtime,
+    parse_app_args,
+)
+from mrm.ui.personalize import SHORTCUTS_JS, build_personalize_tab
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+CSS_PATH = ASSETS_DIR / "style.css"
+
+# System font stacks only: a GoogleFont here would make every page load fetch from Google.
+THEME = gr.themes.Default(
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+
+def header_markdown(runtime: Runtime) -> str:
+    """The page header: which encoder and checkpoint run, and why."""
+    mode = runtime.mode
+    return (
+        "## Meta Reward Modeling: personalise a reward model with a few labels\n"
+        f"**Encoder:** `{runtime.encoder_id}` · **Checkpoint:** `{runtime.checkpoint_id}` "
+        f"(K = {runtime.num_bases} base rewards, in_dim = {runtime.in_dim}) · **Device:** `{mode.device}`\n\n"
+        f"**Mode:** {mode.reason}"
+    )
+
+
+def _build_train_tab(runtime: Runtime) -> None:
+    try:
+        from mrm.ui.train_tab import build_train_tab
+    except ImportError as error:
+        logger.warning("train tab not available: %s", error)
+        gr.Markdown("Training is not available in this build: `mrm.ui.train_tab` could not be imported "
+                    f"({error}). Run `python -m mrm train --help` instead.")
+        return
+    if inspect.signature(build_train_tab).parameters:
+        build_train_tab(runtime)
+    else:
+        build_train_tab()
+
+
+def build_app(runtime: Runtime) -> gr.Blocks:
+    """Build the whole app for a loaded `runtime`; theme, CSS and JS go to `launch` (see `launch_options`)."""
+    with gr.Blocks(title="MRM: personalised reward modeling", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(header_markdown(runtime), elem_id="mrm-header")
+        with gr.Tabs():
+            with gr.Tab("Personalize", id="personalize"):
+                build_personalize_tab(runtime, demo)
+            with gr.Tab("Train", id="train"):
+                _build_train_tab(runtime)
+    return demo
+
+
+def launch_options() -> dict:
+    """Keyword arguments for `Blocks.launch` that set the look and keep the page free of external requests."""
+    return {"theme": THEME, "css_paths": [CSS_PATH], "js": SHORTCUTS_JS, "share": False,
+            "footer_links": ["api", "settings"]}
+
+
+def run_app(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, pick the mode, load encoder and checkpoint, and serve the app until stopped."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = parse_app_args(argv)
+    mode = choose_mode(config)
+    logger.info("encoder %s, checkpoint %s, device %s (%s)", mode.encoder, mode.checkpoint, mode.device, mode.reason)
+
+    # Every start-up failure of the chosen encoder or checkpoint ends here with its message.
+    from mrm.encoder_base import EncoderLoadError
+    from mrm.hub import HubError
+    from mrm.model import CheckpointError
+
+    try:
+        runtime = load_runtime(mode)
+    except (RuntimeConfigError, CheckpointError, HubError, EncoderLoadError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    demo = build_app(runtime)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(server_name=config.host, server_port=config.port, **launch_options())
+    return 0

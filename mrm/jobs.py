@@ -1,0 +1,868 @@
+"""Meta-training jobs run as subprocesses, one at a time, each in its own run folder.
+
+`JobManager` starts `python -m mrm train ... --output_path RUN` in a new
+process group with its output going to `RUN/console.log`, and reads the run
+folder back as a `RunStatus`. It needs no gradio, so the app, a script or a
+test can drive it alike. The trainer writes the other files of a run folder:
+
+    RUN/job.json        written here: command, pid, start and end times, return code
+    RUN/console.log     written here: the trainer's stdout and stderr
+    RUN/train.log       the trainer's own log file
+    RUN/config.json     the training configuration
+    RUN/progress.json   {"status": "running|done|failed|cancelled", "epoch", "epochs", "message"}
+    RUN/metrics.jsonl   one JSON row per evaluation: epoch, train_loss, seen, unseen, overall, worst10
+    RUN/results.json    the final benchmark numbers
+    RUN/per_user.csv    per-user accuracy before and after adaptation
+    RUN/best/           the selected checkpoint (model.safetensors + config.json)
+
+A run folder stays readable after the server restarts: a new manager on the
+same runs folder lists it, and a run whose progress file has status "running" but
+whose process is gone is reported as "interrupted".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mrm.fileio import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+RUNS_DIR_ENV = "MRM_RUNS_DIR"
+DEFAULT_RUNS_DIR = "runs"
+JOB_FILE = "job.json"
+LOG_FILE = "train.log"
+# The trainer logs to stderr and to train.log alike. Its captured output goes
+# to a file of its own, because otherwise every log line would appear twice.
+CONSOLE_FILE = "console.log"
+PROGRESS_FILE = "progress.json"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+PER_USER_FILE = "per_user.csv"
+CONFIG_FILE = "config.json"
+BEST_DIR = "best"
+
+STATES = ("running", "done", "failed", "cancelled", "interrupted")
+FINISHED_STATES = ("done", "failed", "cancelled")
+METRIC_SPLITS = ("seen", "unseen", "overall")
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobBusyError(RuntimeError):
+    """A training job is already running; this server runs one at a time."""
+
+
+class JobInputError(ValueError):
+    """The arguments of a training job are invalid; nothing was started."""
+
+
+class RunNotFoundError(LookupError):
+    """No run folder with the requested run id."""
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """A started training job."""
+
+    run_id: str
+    run_dir: Path
+    pid: int
+    command: list[str]
+
+
+@dataclass
+class RunStatus:
+    """What a run folder shows at one moment.
+
+    `state` is one of running, done, failed, cancelled or interrupted (the
+    progress file has status running but the process is gone, for example after a
+    server restart). `epoch` is None when the trainer recorded no epoch, as
+    it does when it stops on an error or a cancel. `metrics` holds the rows of metrics.jsonl as dicts,
+    `results` the content of results.json once the run has finished.
+    """
+
+    run_id: str
+    run_dir: Path
+    state: str
+    epoch: int | None = 0
+    epochs: int | None = None
+    message: str = ""
+    log_tail: str = ""
+    metrics: list[dict] = field(default_factory=list)
+    results: dict | None = None
+    config: dict | None = None
+    job: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+    @property
+    def best_dir(self) -> Path | None:
+        """Folder of the selected checkpoint, or None when the trainer has not written it yet."""
+        path = self.run_dir / BEST_DIR
+        return path if path.is_dir() else None
+
+    @property
+    def per_user_csv(self) -> Path | None:
+        path = self.run_dir / PER_USER_FILE
+        return path if path.is_file() else None
+
+
+def default_runs_dir() -> Path:
+    """Return the runs folder: $MRM_RUNS_DIR when set, else ./runs."""
+    return Path(os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
+
+
+def trainer_command() -> list[str]:
+    """Return the command that runs the trainer, without its arguments."""
+    return [sys.executable, "-m", "mrm", "train"]
+
+
+# ---------------------------------------------------------------------------
+# Reading a run folder
+
+
+def _read_json(path: Path) -> Any:
+    """Return the parsed JSON file, or None when it is missing or (still) unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        logger.warning("Could not read %s: %s", path, error)
+        return None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Return the rows of a metrics.jsonl file; a partly written last line is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_log_tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
+    """Return the last `lines` lines of a log file as a terminal would show them.
+
+    Progress bars rewrite their line with carriage returns, so only the text
+    after the last carriage return of each line is kept.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+
+    text = data.decode("utf-8", errors="replace")
+    shown = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+    if size > max_bytes:
+        shown = shown[1:]  # the first line is probably cut
+    while shown and not shown[-1].strip():
+        shown.pop()
+    return "\n".join(shown[-lines:])
+
+
+def metrics_long_frame(metrics: Sequence[Mapping]) -> pd.DataFrame:
+    """Return accuracy curves as a long table: epoch, split (seen/unseen/overall), accuracy.
+
+    Rows without an epoch and splits without a number are left out, so a plot
+    of the result has one line per split that the trainer reported.
+    """
+    records = []
+    for row in metrics:
+        epoch = row.get("epoch")
+        if not isinstance(epoch, (int, float)):
+            continue
+        for split in METRIC_SPLITS:
+            value = row.get(split)
+            if isinstance(value, (int, float)):
+                records.append({"epoch": float(epoch), "split": split, "accuracy": float(value)})
+    return pd.DataFrame(records, columns=["epoch", "split", "accuracy"])
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def _pid_alive(pid: int, run_dir: Path | None = None) -> bool:
+    """Return whether process `pid` exists, is not a zombie, and (on Linux) belongs to `run_dir`.
+
+    Checking the command line against the run folder keeps a recycled pid from
+    passing for a trainer started before a server restart.
+    """
+    proc = Path("/proc") / str(pid)
+    if Path("/proc/self").exists():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        return run_dir is None or str(run_dir) in cmdline
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Return whether any process of group `pgid` is alive (zombies count as gone)."""
+    if not Path("/proc/self").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp.
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to a process group; return False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class _Job:
+    """The process of the running job: a child of this server, or one adopted from a run folder."""
+
+    def __init__(self, run_id: str, run_dir: Path, pid: int, popen: subprocess.Popen | None):
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.pid = pid
+        self.pgid = pid  # start_new_session makes the trainer its group's leader
+        self.popen = popen
+        self.cancel_requested = False
+        self.finished = threading.Event()
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _pid_alive(self.pid, self.run_dir)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait for the trainer to exit; return whether it has exited."""
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+
+# ---------------------------------------------------------------------------
+# The manager
+
+
+class JobManager:
+    """Start, watch and cancel meta-training runs under one runs folder, one job at a time.
+
+    Args:
+        runs_dir: folder that contains one sub-folder per run.
+        command: the trainer command without arguments; `python -m mrm train` by default.
+            The run's arguments and `--output_path RUN` are appended.
+        cancel_grace_s: seconds between SIGTERM and SIGKILL when cancelling.
+        validate: whether `start` checks the embedding files before spawning.
+
+    All public methods are safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        runs_dir: str | os.PathLike | None = None,
+        command: Sequence[str] | None = None,
+        cancel_grace_s: float = 5.0,
+        validate: bool = True,
+    ):
+        self.runs_dir = Path(runs_dir if runs_dir is not None else default_runs_dir()).resolve()
+        self.command = list(command) if command is not None else trainer_command()
+        self.cancel_grace_s = cancel_grace_s
+        self.validate = validate
+        self._lock = threading.RLock()
+        self._job: _Job | None = None
+        self._adopt_running_job()
+
+    # -- starting -------------------------------------------------------
+
+    def start(self, args: Sequence[str] | Mapping[str, Any], metadata: Mapping | None = None) -> RunHandle:
+        """Start a training job and return at once.
+
+        Args:
+            args: trainer arguments, either as a list (`["--embed_pt", "x.pt", ...]`)
+                or as a mapping from flag name to value (see `train_args`). They must
+                name `--embed_pt` and `--meta_json`; `--output_path` is set here.
+            metadata: extra fields stored in RUN/job.json (for example the data source).
+
+        Raises:
+            JobBusyError: a job is running; nothing was started.
+            JobInputError: the arguments or the data files are invalid; nothing was started.
+        """
+        argv = train_args(args) if isinstance(args, Mapping) else [str(arg) for arg in args]
+
+        with self._lock:
+            running = self.active_run_id()
+            if running is not None:
+                raise JobBusyError(f"a training job is already running (run {running}); cancel it or wait for it to end")
+
+            if any(arg == "--output_path" or arg.startswith("--output_path=") for arg in argv):
+                raise JobInputError("remove --output_path from the arguments: the job manager sets it to the run folder")
+            if self.validate:
+                embed_pt = _flag_value(argv, "--embed_pt")
+                meta_json = _flag_value(argv, "--meta_json")
+                check_embedding_files(embed_pt, meta_json)
+
+            run_id, run_dir = self._new_run_dir()
+            command = [*self.command, *argv, "--output_path", str(run_dir)]
+            job_info = {
+                "run_id": run_id,
+                "command": command,
+                "started_at": _now(),
+                "pid": None,
+                "finished_at": None,
+                "returncode": None,
+                "cancel_requested": False,
+                **dict(metadata or {}),
+            }
+
+            # The trainer gets its own process group so that cancelling reaches
+            # any process it starts, and unbuffered output so the log is live.
+            env = dict(os.environ)
+            env["PYTHONUNBUFFERED"] = "1"
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+            with open(run_dir / CONSOLE_FILE, "ab") as log:
+                try:
+                    popen = subprocess.Popen(
+                        command,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                        env=env,
+                    )
+                except OSError as error:
+                    job_info.update(finished_at=_now(), error=str(error))
+                    write_json_atomic(run_dir / JOB_FILE, job_info)
+                    self._write_progress(run_dir, "failed", f"could not start the trainer: {error}")
+                    raise JobInputError(f"could not start the trainer command {command[0]!r}: {error}") from error
+
+            job_info["pid"] = popen.pid
+            write_json_atomic(run_dir / JOB_FILE, job_info)
+            job = _Job(run_id, run_dir, popen.pid, popen)
+            self._job = job
+            threading.Thread(target=self._watch, args=(job,), name=f"mrm-job-{run_id}", daemon=True).start()
+
+        logger.info("Started training run %s (pid %d): %s", run_id, popen.pid, " ".join(command))
+        return RunHandle(run_id, run_dir, popen.pid, command)
+
+    def _new_run_dir(self) -> tuple[str, Path]:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for suffix in range(1000):
+            run_id = stamp if suffix == 0 else f"{stamp}-{suffix}"
+            run_dir = self.runs_dir / run_id
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                continue
+            return run_id, run_dir
+        raise RuntimeError(f"could not create a new run folder under {self.runs_dir}")
+
+    # -- finishing ------------------------------------------------------
+
+    def _watch(self, job: _Job) -> None:
+        """Wait for the trainer to exit, then record how it ended."""
+        job.wait(None)
+        self._finalize(job)
+
+    def _finalize(self, job: _Job) -> None:
+        with self._lock:
+            if job.finished.is_set():
+                return
+            returncode = job.popen.returncode if job.popen is not None else None
+
+            # Record the end in job.json.
+            info = _read_json(job.run_dir / JOB_FILE) or {"run_id": job.run_id}
+            info.update(finished_at=_now(), returncode=returncode, cancel_requested=job.cancel_requested)
+            write_json_atomic(job.run_dir / JOB_FILE, info)
+
+            # Record in progress.json how the run ended when the trainer could not.
+            progress = _read_json(job.run_dir / PROGRESS_FILE) or {}
+            status = progress.get("status")
+            if job.cancel_requested and status != "done":
+                if status != "cancelled":
+                    self._write_progress(job.run_dir, "cancelled", "cancelled by the user", progress)
+            elif status not in FINISHED_STATES:
+                if returncode == 0 and (job.run_dir / RESULTS_FILE).is_file():
+                    self._write_progress(job.run_dir, "done", "finished", progress)
+                else:
+                    reason = f"exit code {returncode}" if returncode is not None else "the process ended"
+                    self._write_progress(job.run_dir, "failed", f"the trainer stopped ({reason}); see console.log", progress)
+
+            if self._job is job:
+                self._job = None
+            job.finished.set()
+        logger.info("Training run %s ended (return code %s)", job.run_id, returncode)
+
+    @staticmethod
+    def _write_progress(run_dir: Path, status: str, message: str, previous: Mapping | None = None) -> None:
+        progress = dict(previous or {})
+        progress.update(status=status, message=message)
+        progress.setdefault("epoch", 0)
+        progress.setdefault("epochs", None)
+        write_json_atomic(run_dir / PROGRESS_FILE, progress)
+
+    # -- cancelling -----------------------------------------------------
+
+    def cancel(self, timeout: float | None = None) -> RunStatus | None:
+        """Cancel the running job: SIGTERM to its process group, SIGKILL after the grace period.
+
+        Blocks until the trainer and the processes it started have exited (at
+        most the grace period plus twice `timeout`, default 5 s) and returns the run's status, which is then
+        "cancelled" unless the trainer finished first. Returns None when no job runs.
+        """
+        with self._lock:
+            job = self._job
+            if job is None or job.finished.is_set():
+                return None
+            job.cancel_requested = True
+            info = _read_json(job.run_dir / JOB_FILE) or {}
+            info["cancel_requested"] = True
+            write_json_atomic(job.run_dir / JOB_FILE, info)
+
+        logger.info("Cancelling training run %s (process group %d)", job.run_id, job.pgid)
+        _signal_group(job.pgid, signal.SIGTERM)
+        if not job.wait(self.cancel_grace_s):
+            logger.warning("Run %s ignored SIGTERM for %.1f s; sending SIGKILL", job.run_id, self.cancel_grace_s)
+
+        # Kill whatever is left of the group, including processes the trainer
+        # started and that outlived it, and wait until they are gone.
+        timeout = 5.0 if timeout is None else timeout
+        if _group_alive(job.pgid):
+            _signal_group(job.pgid, signal.SIGKILL)
+        job.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while _group_alive(job.pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if job.popen is None:
+            self._finalize(job)  # an adopted process has no watcher thread
+        job.finished.wait(timeout)
+        return self.status(job.run_id)
+
+    # -- reading --------------------------------------------------------
+
+    def active_run_id(self) -> str | None:
+        """Return the id of the running job, or None."""
+        with self._lock:
+            job = self._job
+            if job is None:
+                return None
+            if job.alive():
+                return job.run_id
+            if job.popen is None:
+                self._finalize(job)  # an adopted process has no watcher thread
+            return None
+
+    def list_runs(self) -> list[str]:
+        """Return the ids of the run folders under the runs folder, newest first."""
+        if not self.runs_dir.is_dir():
+            return []
+        runs = []
+        for path in self.runs_dir.iterdir():
+            if not path.is_dir() or not _RUN_ID.match(path.name):
+                continue
+            if not ((path / JOB_FILE).is_file() or (path / PROGRESS_FILE).is_file()):
+                continue
+            info = _read_json(path / JOB_FILE) or {}
+            started = info.get("started_at") or dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat()
+            runs.append((str(started), path.name))
+        return [run_id for _, run_id in sorted(runs, reverse=True)]
+
+    def run_dir(self, run_id: str) -> Path:
+        """Return the folder of run `run_id`; raise RunNotFoundError when there is none."""
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            raise RunNotFoundError(f"invalid run id {run_id!r}: expected a folder name such as 20250101-120000")
+        path = self.runs_dir / run_id
+        if not path.is_dir():
+            raise RunNotFoundError(f"run {run_id!r} not found under {self.runs_dir}")
+        return path
+
+    def status(self, run_id: str | None = None) -> RunStatus | None:
+        """Return the status of run `run_id`; by default the running job, else the newest run.
+
+        Returns None when `run_id` is None and there are no runs at all.
+
+        Raises:
+            RunNotFoundError: `run_id` names no run folder.
+        """
+        if run_id is None:
+            run_id = self.active_run_id()
+        self._wait_for_finalize(run_id)
+        if run_id is None:
+            runs = self.list_runs()
+            if not runs:
+                return None
+            run_id = runs[0]
+        run_dir = self.run_dir(run_id)
+
+        progress = _read_json(run_dir / PROGRESS_FILE) or {}
+        job_info = _read_json(run_dir / JOB_FILE) or {}
+        state = self._state(run_id, run_dir, progress, job_info)
+        results = _read_json(run_dir / RESULTS_FILE)
+        config = _read_json(run_dir / CONFIG_FILE)
+
+        message = str(progress.get("message") or "")
+        if state == "interrupted":
+            message = "the trainer process is gone although the run never finished (for example after a server restart)"
+        return RunStatus(
+            run_id=run_id,
+            run_dir=run_dir,
+            state=state,
+            epoch=_epoch(progress.get("epoch")),
+            epochs=_int_or_none(progress.get("epochs")),
+            message=message,
+            log_tail=read_log_tail(run_dir / CONSOLE_FILE if (run_dir / CONSOLE_FILE).is_file() else run_dir / LOG_FILE),
+            metrics=read_metrics(run_dir / METRICS_FILE),
+            results=results if isinstance(results, dict) else None,
+            config=config if isinstance(config, dict) else None,
+            job=job_info,
+        )
+
+    def _wait_for_finalize(self, run_id: str | None, timeout: float = 5.0) -> None:
+        """Give the watcher thread time to record the end of a job that has just exited."""
+        with self._lock:
+            job = self._job
+        if job is None or (run_id is not None and job.run_id != run_id) or job.finished.is_set() or job.alive():
+            return
+        if job.popen is None:
+            self._finalize(job)
+        job.finished.wait(timeout)
+
+    def _state(self, run_id: str, run_dir: Path, progress: Mapping, job_info: Mapping) -> str:
+        with self._lock:
+            job = self._job
+            if job is not None and job.run_id == run_id and not job.finished.is_set() and job.alive():
+                return "running"
+
+        status = progress.get("status")
+        if status in FINISHED_STATES:
+            return status
+        if job_info.get("finished_at") is not None:
+            # The manager saw the end but could not write progress.json.
+            return "cancelled" if job_info.get("cancel_requested") else "failed"
+        pid = job_info.get("pid")
+        if isinstance(pid, int) and _pid_alive(pid, run_dir):
+            return "running"
+        return "interrupted"
+
+    def _adopt_running_job(self) -> None:
+        """Take over a trainer that a previous server started and that still runs.
+
+        The trainer lives in its own session, so it survives a server restart;
+        adopting it keeps "one job at a time" true and lets the user cancel it.
+        """
+        for run_id in self.list_runs():
+            run_dir = self.runs_dir / run_id
+            info = _read_json(run_dir / JOB_FILE) or {}
+            pid = info.get("pid")
+            if info.get("finished_at") is None and isinstance(pid, int) and _pid_alive(pid, run_dir):
+                logger.info("Run %s (pid %d) is still running; watching it", run_id, pid)
+                self._job = _Job(run_id, run_dir, pid, popen=None)
+                return
+
+
+# ---------------------------------------------------------------------------
+# Arguments and data checks
+
+
+def train_args(flags: Mapping[str, Any]) -> list[str]:
+    """Turn `{"embed_pt": "x.pt", "epochs": 5, "use_bias": True, "hidden_layers": [2]}` into CLI arguments.
+
+    None values are left out, True becomes a bare flag, False is left out,
+    and lists become space-separated values after their flag.
+    """
+    argv: list[str] = []
+    for name, value in flags.items():
+        flag = name if name.startswith("--") else f"--{name}"
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv.append(flag)
+            argv.extend(str(item) for item in value)
+        else:
+            argv.extend([flag, str(value)])
+    return argv
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str:
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    raise JobInputError(f"missing {flag}: the trainer needs an embedding file (.pt) and its metadata file (.json)")
+
+
+def check_embedding_files(embed_pt: str | os.PathLike, meta_json: str | os.PathLike) -> None:
+    """Raise JobInputError unless the embedding file and its metadata file exist, load and fit together.
+
+    `mrm.data.read_embedding_files` memory-maps the tensor, so this check costs
+    little memory even for a multi-gigabyte file.
+    """
+    from mrm.data import DataError, read_embedding_files
+
+    for path, kind in ((embed_pt, "embedding file (.pt)"), (meta_json, "metadata file (.json)")):
+        if path is None or not str(path).strip():
+            raise JobInputError(f"no {kind} given")
+        if not Path(path).is_file():
+            raise JobInputError(f"{kind} not found: {path}")
+
+    try:
+        read_embedding_files(embed_pt, meta_json)
+    except DataError as error:
+        raise JobInputError(str(error)) from error
+
+
+def _epoch(value: Any) -> int | None:
+    epoch = _int_or_none(value)
+    return epoch if epoch is None or epoch >= 0 else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------
+# Data sources, presets and published figures for the training tab
+
+
+def demo_data_files() -> tuple[Path, Path]:
+    """Return the paths of the demo bundle's embedding pair (they may not exist yet)."""
+    from mrm.demo import DEMO_DIR, PREFS_NAME
+
+    return DEMO_DIR / f"{PREFS_NAME}.pt", DEMO_DIR / f"{PREFS_NAME}.json"
+
+
+def download_hub_dataset(
+    repo_id: str, revision: str | None = None, token: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> tuple[Path, Path]:
+    """Download the `.pt` / `.json` embedding pair of a Hub dataset repo and return their local paths.
+
+    With `HF_HUB_OFFLINE=1` only the local Hub cache is used. The repo must
+    hold exactly one `.pt` file and one `.json` file next to it with the same
+    name, or exactly one of each anywhere.
+
+    Raises:
+        JobInputError: the id is invalid, the download failed, or the repo contains no usable pair.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    repo_id = (repo_id or "").strip()
+    if not repo_id:
+        raise JobInputError("no Hub dataset repo id given: enter one such as my-org/reddit-embeddings")
+    try:
+        folder = snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision or None,
+            token=token,
+            cache_dir=cache_dir,
+            allow_patterns=["*.pt", "*.json"],
+        )
+    except HFValidationError as error:
+        raise JobInputError(f"invalid Hub dataset repo id {repo_id!r}: {error}") from error
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+        raise JobInputError(
+            f"could not download the dataset {repo_id} from the Hugging Face Hub: the Hub is not reachable "
+            "(offline mode or no network) and the dataset is not in the local Hub cache. "
+            "Download the .pt and .json files on a machine with network access and give their paths instead."
+        ) from error
+    except (HfHubHTTPError, OSError) as error:
+        raise JobInputError(f"could not download the dataset {repo_id} from the Hugging Face Hub: {error}") from error
+
+    return pick_embedding_pair(Path(folder), f"the dataset {repo_id}")
+
+
+def pick_embedding_pair(folder: Path, where: str) -> tuple[Path, Path]:
+    """Return the `.pt` file of `folder` (searched recursively) and its `.json` metadata file."""
+    pt_files = sorted(p for p in folder.rglob("*.pt") if p.is_file())
+    json_files = sorted(p for p in folder.rglob("*.json") if p.is_file())
+    if len(pt_files) != 1:
+        found = ", ".join(str(p.relative_to(folder)) for p in pt_files) or "none"
+        raise JobInputError(f"{where} must hold exactly one .pt embedding file (found: {found})")
+
+    embed_pt = pt_files[0]
+    meta_json = embed_pt.with_suffix(".json")
+    if meta_json.is_file():
+        return embed_pt, meta_json
+    if len(json_files) == 1:
+        return embed_pt, json_files[0]
+    found = ", ".join(str(p.relative_to(folder)) for p in json_files) or "none"
+    raise JobInputError(f"{where} has no {meta_json.name} next to {embed_pt.name} and not exactly one .json file (found: {found})")
+
+
+# Small settings for the demo bundle of simulated annotators, not a published
+# setting. NOTE: sized by hand for a run of seconds on a CPU, not tuned.
+DEMO_PRESET: dict[str, Any] = {
+    "dataset": "REDDIT",
+    "seen_train_limit": -1,
+    "unseen_train_limit": -1,
+    "hidden_layers": [2],
+    "use_bias": False,
+    "inner_lr": 0.05,
+    "meta_lr": 0.01,
+    "train_inner_epochs": 1,
+    "eval_inner_epochs": 5,
+    "tasks_per_batch": 4,
+    "epochs": 20,
+    "warmup_ratio": 0.05,
+    "val_ratio": 0.5,
+    "rpo_ratio": 0.5,
+    "rpo_gamma": 0.5,
+    "log_freq": 2,
+    "save_freq": 0,
+    "select_on": "val",
+}
+
+
+def training_presets() -> dict[str, dict[str, Any]]:
+    """Return the named hyperparameter presets: the published ones and "demo"."""
+    from mrm.meta_train import PRESETS
+
+    return {**{name: dict(values) for name, values in PRESETS.items()}, "demo": dict(DEMO_PRESET)}
+
+
+# User-level accuracy (%) that the MRM authors report for MRM. The other cells
+# of their tables are not known here and show as n/a.
+PUBLISHED_RESULTS: dict[str, dict[str, float]] = {
+    "prism": {"seen": 65.3, "unseen": 65.2, "overall": 65.3},
+    "reddit100": {"seen": 69.6},
+    "reddit150": {},
+}
+PUBLISHED_LABELS = {
+    "prism": "PRISM",
+    "reddit100": "Reddit TL;DR, 100 training pairs per seen user",
+    "reddit150": "Reddit TL;DR, 150 training pairs per seen user",
+}
+RESULT_COLUMNS = ("seen", "unseen", "overall", "worst10")
+
+
+def published_setting(config: Mapping | None) -> str | None:
+    """Return the published setting ("prism", "reddit100", "reddit150") that a run's config.json matches, or None."""
+    if not config:
+        return None
+    dataset = str(config.get("dataset", "")).upper()
+    if dataset == "PRISM":
+        return "prism"
+    if dataset == "REDDIT":
+        return {100: "reddit100", 150: "reddit150"}.get(config.get("seen_train_limit"))
+    return None
+
+
+def results_table(results: Mapping | None, setting: str | None = None) -> pd.DataFrame:
+    """Return the benchmark table of a finished run, in percent.
+
+    Rows: the adapted model, the meta-initialisation without adaptation and,
+    when `setting` names a published setting, the published MRM figures
+    (missing cells as "n/a"). Columns: seen, unseen, overall, worst 10%.
+    """
+    header = ["model", "seen", "unseen", "overall", "worst 10%"]
+    rows = []
+    if results:
+        rows.append(["MRM, this run (adapted)", *(_percent(results.get(key)) for key in RESULT_COLUMNS)])
+        init = results.get("init")
+        if isinstance(init, Mapping):
+            rows.append(["meta-initialisation (no adaptation)", *(_percent(init.get(key)) for key in RESULT_COLUMNS)])
+    if setting in PUBLISHED_RESULTS:
+        published = PUBLISHED_RESULTS[setting]
+        cells = [f"{published[key]:.1f}" if key in published else "n/a" for key in RESULT_COLUMNS]
+        rows.append([f"MRM, published ({PUBLISHED_LABELS[setting]})", *cells])
+    return pd.DataFrame(rows, columns=header)
+
+
+def _percent(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{100 * value:.1f}"
+    return "n/a"
+
+
+def zip_checkpoint(best_dir: Path, out_dir: str | os.PathLike) -> Path:
+    """Write `best_dir` into `out_dir/<run id>-best.zip` and return the zip's path."""
+    import shutil
+
+    best_dir = Path(best_dir)
+    base = Path(out_dir) / f"{best_dir.parent.name}-best"
+    return Path(shutil.make_archive(str(base), "zip", root_dir=best_dir))

@@ -312,8 +312,8 @@ def weights_frame(weights_before: list[float], weights_after: list[float]) -> pd
     """Mixture weights before and after adapting, one row per (base reward, stage), for a bar plot."""
     rows = []
     for index, (before, after) in enumerate(zip(weights_before, weights_after), start=1):
-        rows.append({"base reward": f"base {index} before", "weight": before, "stage": "meta-init"})
-        rows.append({"base reward": f"base {index} after", "weight": after, "stage": "personalised"})
+        rows.append({"base reward": f"base {index} · meta-init", "weight": before, "stage": "meta-init"})
+        rows.append({"base reward": f"base {index} · personalised", "weight": after, "stage": "personalised"})
     return pd.DataFrame(rows, columns=["base reward", "weight", "stage"])
 
 

@@ -104,6 +104,7 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
     with gr.Accordion("Labelled pairs", open=True):
         table = gr.Dataframe(value=session.labels_to_frame([]), headers=session.LABEL_COLUMNS,
                              column_count=3, interactive=True, wrap=True, max_height=320,
+                             column_widths=["46%", "27%", "27%"],
                              show_row_numbers=True, label="Labelled pairs (edit a cell; clear a summary to delete)",
                              elem_id="mrm-labels-table")
         with gr.Row():
@@ -144,7 +145,8 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
         score_button = gr.Button("Score", variant="primary", elem_id="mrm-score")
     score_status = gr.Markdown("", elem_classes="mrm-status", elem_id="mrm-score-status")
     score_table = gr.Dataframe(headers=session.SCORE_COLUMNS, column_count=len(session.SCORE_COLUMNS),
-                               interactive=False, wrap=True, label="Ranking (personalised)", elem_id="mrm-score-table")
+                               interactive=False, wrap=True, label="Ranking (personalised)",
+                               column_widths=["7%", "45%", "12%", "12%", "10%", "14%"], elem_id="mrm-score-table")
     flipped_box = gr.Markdown("", elem_id="mrm-flipped")
 
     with gr.Accordion("Personal profile (K mixture logits)", open=False):

@@ -1,0 +1,151 @@
+"""The interface shared by all encoders, with the embedding cache built in.
+
+An encoder turns (prompt, response) pairs into one float32 vector each. A
+subclass says which exact text it embeds (`render`) and how a list of pairs
+becomes vectors (`_embed_pairs`); `Encoder.encode` looks each text up in the
+on-disk cache first, runs the model only on texts it has not seen, and
+returns the rows in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mrm.embed_cache import CachedEmbedding, EmbeddingCache, text_digest
+
+logger = logging.getLogger(__name__)
+
+
+class EncoderLoadError(RuntimeError):
+    """An encoder that cannot be loaded; the message says what to do about it."""
+
+
+@dataclass
+class EncodedBatch:
+    """Embeddings of N conversations, in the order the pairs were given."""
+
+    embeddings: Tensor  # [N, H] float32 on the CPU
+    scores: Tensor | None  # [N] float32, the reward model's own score; None for encoders without one
+    num_truncated: int  # conversations shortened to fit the encoder's maximum length
+
+
+class Encoder(ABC):
+    """Base class: a frozen model that embeds (prompt, response) conversations."""
+
+    encoder_id: str
+    revision: str | None
+    hidden_size: int
+    device: torch.device
+    has_scores: bool
+
+    def __init__(self, cache_dir: str | Path | None = None):
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._cache: EmbeddingCache | None = None
+
+    @abstractmethod
+    def cache_key(self) -> dict[str, Any]:
+        """Return everything besides the text that determines an embedding."""
+
+    @abstractmethod
+    def render(self, prompt: str, response: str) -> str:
+        """Return the exact text that is embedded for one pair; the cache is keyed on it."""
+
+    @abstractmethod
+    def _embed_pairs(
+        self,
+        indices: list[int],
+        prompts: list[str],
+        responses: list[str],
+        texts: list[str],
+        batch_size: int,
+        progress: bool,
+    ) -> tuple[Tensor, Tensor | None, list[bool]]:
+        """Embed pairs; return embeddings [M, H], scores [M] or None, truncation flags.
+
+        `indices` are the pairs' positions in the caller's input, for error messages.
+        """
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The on-disk cache of this encoder, or None when caching is disabled."""
+        if self.cache_dir is not None and self._cache is None:
+            self._cache = EmbeddingCache(self.cache_dir, self.cache_key(), self.hidden_size)
+        return self._cache
+
+    def encode(
+        self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16, progress: bool = False
+    ) -> EncodedBatch:
+        """Embed each (prompts[i], responses[i]) conversation.
+
+        Texts found in the cache are not run through the model, and a text that
+        occurs several times in one call is embedded once.
+        """
+        prompts, responses = _check_pairs(prompts, responses, batch_size)
+        texts = [self.render(prompt, response) for prompt, response in zip(prompts, responses)]
+        digests = [text_digest(text) for text in texts]
+
+        # Look the texts up in the cache.
+        cache = self.cache
+        found = cache.get_many(digests) if cache is not None else {}
+
+        # Embed each missing text once, in the order of its first occurrence.
+        first_index: dict[str, int] = {}
+        for index, digest in enumerate(digests):
+            if digest not in found and digest not in first_index:
+                first_index[digest] = index
+        missing = list(first_index.values())
+        if missing:
+            logger.info("Embedding %d of %d conversations with %s", len(missing), len(texts), self.encoder_id)
+            embeddings, scores, truncated = self._embed_pairs(
+                missing,
+                [prompts[i] for i in missing],
+                [responses[i] for i in missing],
+                [texts[i] for i in missing],
+                batch_size,
+                progress,
+            )
+            missing_digests = [digests[i] for i in missing]
+            if cache is not None:
+                cache.put_many(missing_digests, embeddings, scores, truncated)
+            for row, digest in enumerate(missing_digests):
+                score = math.nan if scores is None else float(scores[row])
+                found[digest] = CachedEmbedding(embeddings[row], score, truncated[row])
+
+        # Assemble the rows in input order.
+        rows = [found[digest] for digest in digests]
+        if not rows:
+            return EncodedBatch(
+                torch.zeros(0, self.hidden_size), torch.zeros(0) if self.has_scores else None, 0
+            )
+        embeddings = torch.stack([row.embedding for row in rows]).to(torch.float32)  # [N, H]
+        scores = torch.tensor([row.score for row in rows], dtype=torch.float32) if self.has_scores else None
+        num_truncated = sum(bool(row.truncated) for row in rows)
+        return EncodedBatch(embeddings, scores, num_truncated)
+
+
+def _check_pairs(
+    prompts: Sequence[str], responses: Sequence[str], batch_size: int
+) -> tuple[list[str], list[str]]:
+    if isinstance(prompts, str) or isinstance(responses, str):
+        raise TypeError("prompts and responses must be lists of strings, not a single string")
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"Got {len(prompts)} prompts but {len(responses)} responses; pass one prompt per response."
+        )
+    for name, values in (("prompts", prompts), ("responses", responses)):
+        for index, value in enumerate(values):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}[{index}] is {type(value).__name__}, expected str")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return prompts, responses

@@ -1,0 +1,427 @@
+"""The `embed` command: turn a preference dataset into an embedding file pair.
+
+    python -m mrm embed reddit --out data/reddit
+    python -m mrm embed prism --encoder demo --out data/prism_demo --max_users 20
+    python -m mrm embed pairs --input my_pairs.csv --out data/mine
+    accelerate launch -m mrm embed reddit --out data/reddit    # one process per GPU
+
+The dataset is read (`mrm.datasets`), every unique (prompt, response)
+conversation is embedded once, and `PREFIX.pt` + `PREFIX.json` are written
+with `mrm.data.write_embedding_files`. Entries keep their texts; when the
+encoder has a score head, its rewards are stored as `chosen_model_score` and
+`rejected_model_score` (`chosen_score`/`rejected_score` are PRISM's human
+ratings).
+
+Work is cut into chunks of conversations written to `PREFIX.shards/` as they
+finish. Under `accelerate launch` each process embeds every
+`num_processes`-th chunk, and the main process merges the chunks at the end.
+A rerun with the same encoder and inputs skips the chunks already written, so
+an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mrm.data import write_embedding_files
+from mrm.datasets import (
+    DEFAULT_SPLIT_SEED,
+    DatasetError,
+    PreparedDataset,
+    load_pairs_file,
+    load_prism,
+    load_reddit,
+)
+from mrm.encoders import DEFAULT_ENCODER, DEMO_ENCODER, EncoderLoadError, load_encoder
+from mrm.fileio import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("reddit", "prism", "pairs")
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """A shard folder that belongs to another run or is incomplete."""
+
+
+@dataclass
+class EmbedConfig:
+    """Settings of `python -m mrm embed`; each field is the command-line flag of the same name."""
+
+    dataset: str = field(metadata={"help": "Dataset to embed: reddit, prism or pairs (a CSV / JSON Lines file)."})
+    out: str = field(metadata={"help": "Output prefix: writes PREFIX.pt and PREFIX.json."})
+    encoder: str = field(
+        default=DEFAULT_ENCODER,
+        metadata={"help": "Reward model id or local path, or 'demo' for the offline demo encoder."},
+    )
+    input: str | None = field(default=None, metadata={"help": "Pairs file to embed (required for the pairs dataset)."})
+    batch_size: int = field(default=16, metadata={"help": "Conversations per forward pass."})
+    max_users: int | None = field(
+        default=None, metadata={"help": "Keep only the first N users in sorted id order, for quick runs."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Encoder revision (branch, tag or commit) on the Hub."})
+    data_revision: str | None = field(
+        default=None, metadata={"help": "Dataset revision on the Hub (default: the Reddit parquet branch, PRISM main)."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Folder of already downloaded raw dataset files, read instead of the Hub."}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Hugging Face Hub cache folder for the model and dataset downloads."}
+    )
+    embedding_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the encoder's embedding cache, shared between runs (default: no cache)."},
+    )
+    seed: int = field(
+        default=DEFAULT_SPLIT_SEED,
+        metadata={"help": "Seed of the per-user 50/50 conversation split of PRISM (the published training seed is 42)."},
+    )
+    pairs_split: str = field(
+        default="train", metadata={"help": "Split given to every pair of a pairs file: train or val."}
+    )
+    chunk_size: int = field(default=1024, metadata={"help": "Conversations per resumable shard chunk."})
+    overwrite_shards: bool = field(
+        default=False,
+        metadata={"help": "Delete a PREFIX.shards folder left by a run with another encoder or inputs instead of failing."},
+    )
+    keep_shards: bool = field(default=False, metadata={"help": "Keep PREFIX.shards after the final files are written."})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `python -m mrm embed`, one flag per `EmbedConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mrm embed",
+        description="Embed a preference dataset with a reward model into PREFIX.pt + PREFIX.json.",
+    )
+    for item in dataclasses.fields(EmbedConfig):
+        help_text = item.metadata["help"]
+        if item.name == "dataset":
+            parser.add_argument("dataset", choices=DATASETS, help=help_text)
+        elif item.type == "bool":
+            parser.add_argument(f"--{item.name}", action="store_true", help=help_text)
+        elif item.default is dataclasses.MISSING:
+            parser.add_argument(f"--{item.name}", required=True, help=help_text)
+        else:
+            kind = int if item.type in ("int", "int | None") else str
+            if item.default is not None and "default" not in help_text:
+                help_text = f"{help_text} Default: {item.default}."
+            parser.add_argument(f"--{item.name}", type=kind, default=item.default, help=help_text)
+    return parser
+
+
+def check_config(config: EmbedConfig) -> None:
+    """Raise ValueError naming the first invalid setting."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if config.dataset == "pairs" and not config.input:
+        raise ValueError("the pairs dataset needs --input FILE (a CSV or JSON Lines file of prompt, chosen, rejected)")
+    if config.dataset != "pairs" and config.input:
+        raise ValueError(f"--input is only used with the pairs dataset; for {config.dataset} use --data_dir")
+    for name in ("batch_size", "chunk_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    if config.max_users is not None and config.max_users < 1:
+        raise ValueError(f"--max_users must be at least 1, got {config.max_users}")
+    if config.pairs_split not in ("train", "val"):
+        raise ValueError(f"--pairs_split must be train or val, got {config.pairs_split!r}")
+
+
+def load_dataset(config: EmbedConfig) -> PreparedDataset:
+    """Read the dataset that `config` names."""
+    if config.dataset == "reddit":
+        return load_reddit(config.data_dir, config.data_revision, config.cache_dir, config.max_users)
+    if config.dataset == "prism":
+        return load_prism(config.data_dir, config.data_revision, config.cache_dir, config.max_users, config.seed)
+    return load_pairs_file(config.input, config.max_users, config.pairs_split)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def shard_dir_for(prefix: str | Path) -> Path:
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ".shards")
+
+
+def chunk_path(shard_dir: Path, chunk: int) -> Path:
+    return shard_dir / f"chunk_{chunk:06d}.pt"
+
+
+def num_chunks(num_conversations: int, chunk_size: int) -> int:
+    return (num_conversations + chunk_size - 1) // chunk_size
+
+
+def inputs_digest(conversations: Sequence[tuple]) -> str:
+    """Return the SHA-256 of the conversations to embed, in order."""
+    digest = hashlib.sha256()
+    for prompt, response in conversations:
+        digest.update(json.dumps([prompt, response], ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def make_manifest(encoder_id: str, encoder_revision: str | None, conversations: Sequence[tuple], chunk_size: int) -> dict:
+    """Return the manifest of a shard folder: the encoder, a digest of the inputs and the chunk size."""
+    return {
+        "version": MANIFEST_VERSION,
+        "encoder_id": encoder_id,
+        "encoder_revision": encoder_revision,
+        "inputs_sha256": inputs_digest(conversations),
+        "num_conversations": len(conversations),
+        "chunk_size": chunk_size,
+    }
+
+
+def prepare_shard_dir(shard_dir: Path, manifest: dict, overwrite: bool = False) -> None:
+    """Create `shard_dir` with `manifest`, or check that an existing one matches it.
+
+    A folder written for another encoder or other inputs raises `ShardError`
+    unless `overwrite` is set, in which case it is deleted and started afresh.
+    """
+    manifest_file = shard_dir / MANIFEST_NAME
+    if manifest_file.is_file():
+        try:
+            existing = json.loads(manifest_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            existing = {}
+        if existing == manifest:
+            done = sum(chunk_path(shard_dir, i).is_file() for i in range(num_chunks(manifest["num_conversations"], manifest["chunk_size"])))
+            logger.info("resuming in %s: %d chunks already embedded", shard_dir, done)
+            return
+        differences = [
+            f"{key} {existing.get(key)!r} there, {value!r} now" for key, value in manifest.items() if existing.get(key) != value
+        ]
+        if not overwrite:
+            raise ShardError(
+                f"{shard_dir} contains chunks from another run ({'; '.join(differences)}). "
+                "Delete that folder, pass --overwrite_shards, or choose another --out."
+            )
+        logger.warning("deleting %s: it was written for another run (%s)", shard_dir, "; ".join(differences))
+        shutil.rmtree(shard_dir)
+    elif shard_dir.exists() and any(shard_dir.iterdir()):
+        if not overwrite:
+            raise ShardError(
+                f"{shard_dir} exists without a {MANIFEST_NAME}, so its chunks cannot be checked. "
+                "Delete that folder, pass --overwrite_shards, or choose another --out."
+            )
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(manifest_file, manifest)
+
+
+def chunks_for_process(total_chunks: int, process_index: int, num_processes: int) -> list[int]:
+    """Return the chunks that process `process_index` of `num_processes` embeds: every num_processes-th one."""
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}")
+    return list(range(process_index, total_chunks, num_processes))
+
+
+def prompt_text(prompt: str | list[dict]) -> str:
+    """Return the prompt string given to the encoder.
+
+    NOTE: the encoder interface takes one prompt string, so a multi-turn PRISM
+    prompt is flattened into a "User:/Assistant:" transcript. The published
+    PRISM embeddings rendered the earlier turns as chat-template turns instead,
+    so these embeddings differ from the published ones for multi-turn prompts.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    labels = {"user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{labels.get(message['role'], message['role'])}: {message['content']}" for message in prompt)
+
+
+def embed_shards(
+    conversations: Sequence[tuple],
+    encoder,
+    shard_dir: Path,
+    chunk_size: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[int]:
+    """Embed this process's chunks that are not on disk yet; return the chunks it embedded.
+
+    Each chunk is saved atomically as `chunk_NNNNNN.pt` containing
+    `{"start", "stop", "embeddings" [n, H] float32, "scores" [n] or None, "num_truncated"}`,
+    so an interrupted run leaves only complete chunks behind.
+    """
+    mine = chunks_for_process(num_chunks(len(conversations), chunk_size), process_index, num_processes)
+    todo = [chunk for chunk in mine if not chunk_path(shard_dir, chunk).is_file()]
+    if len(todo) < len(mine):
+        logger.info("process %d: %d of its %d chunks are already embedded", process_index, len(mine) - len(todo), len(mine))
+
+    total = sum(min(len(conversations), (c + 1) * chunk_size) - c * chunk_size for c in todo)
+    bar = tqdm(total=total, desc="embedding", unit="conv", disable=not progress)
+    done = []
+    for chunk in todo:
+        start, stop = chunk * chunk_size, min(len(conversations), (chunk + 1) * chunk_size)
+        prompts = [prompt_text(prompt) for prompt, _ in conversations[start:stop]]
+        responses = [response for _, response in conversations[start:stop]]
+        batch = encoder.encode(prompts, responses, batch_size=batch_size, progress=False)
+        record = {
+            "start": start,
+            "stop": stop,
+            "embeddings": batch.embeddings.to(torch.float32).cpu().contiguous(),  # [n, H]
+            "scores": None if batch.scores is None else batch.scores.to(torch.float32).cpu(),  # [n]
+            "num_truncated": int(batch.num_truncated),
+        }
+        with atomic_path(chunk_path(shard_dir, chunk)) as tmp:
+            torch.save(record, tmp)
+        done.append(chunk)
+        bar.update(stop - start)
+    bar.close()
+    return done
+
+
+def merge_shards(shard_dir: Path, num_conversations: int, chunk_size: int) -> tuple[Tensor, Tensor | None, int]:
+    """Concatenate all chunks in order; return (embeddings [N, H], scores [N] or None, truncated count).
+
+    Raises `ShardError` naming the first missing or inconsistent chunk.
+    """
+    embeddings, scores, truncated = [], [], 0
+    for chunk in range(num_chunks(num_conversations, chunk_size)):
+        path = chunk_path(shard_dir, chunk)
+        if not path.is_file():
+            raise ShardError(f"chunk {chunk} is missing from {shard_dir}; rerun the same command to embed it")
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        expected = (chunk * chunk_size, min(num_conversations, (chunk + 1) * chunk_size))
+        rows = record["embeddings"].shape[0]
+        if (record["start"], record["stop"]) != expected or rows != expected[1] - expected[0]:
+            raise ShardError(
+                f"{path} covers conversations {record['start']}..{record['stop']} with {rows} rows; "
+                f"expected {expected[0]}..{expected[1]}. Delete {shard_dir} and rerun."
+            )
+        embeddings.append(record["embeddings"])
+        scores.append(record["scores"])
+        truncated += record["num_truncated"]
+    merged = torch.cat(embeddings) if embeddings else torch.zeros(0, 0)  # [N, H]
+    merged_scores = None if any(s is None for s in scores) or not scores else torch.cat(scores)  # [N]
+    return merged, merged_scores, truncated
+
+
+def attach_model_scores(users: dict[str, list[dict]], scores: Tensor | None) -> dict[str, list[dict]]:
+    """Add `chosen_model_score`/`rejected_model_score` to every entry when scores exist."""
+    if scores is None:
+        return users
+    values = scores.tolist()
+    return {
+        user_id: [
+            {**entry, "chosen_model_score": values[entry["chosen_idx"]], "rejected_model_score": values[entry["rejected_idx"]]}
+            for entry in entries
+        ]
+        for user_id, entries in users.items()
+    }
+
+
+# ----------------------------------------------------------------------------- command
+
+
+@dataclass
+class EmbedResult:
+    """Output paths and counts of a finished embed run."""
+
+    pt_path: Path
+    json_path: Path
+    num_users: int
+    num_pairs: int
+    num_conversations: int
+    num_truncated: int
+    stats: dict
+
+
+def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
+    """Run the embed command; return the result on the main process, None on the others.
+
+    `encoder` replaces `mrm.encoders.load_encoder(config.encoder, ...)`, for
+    callers that already hold one; it is loaded only when chunks remain to embed.
+    """
+    from accelerate import PartialState
+
+    check_config(config)
+    state = PartialState()
+
+    # Read the dataset; the main process goes first so that Hub downloads happen once.
+    with state.main_process_first():
+        dataset = load_dataset(config)
+    conversations = dataset.conversations
+    logger.info(
+        "%s: %d users, %d pairs, %d unique conversations (%s)",
+        dataset.name, len(dataset.users), dataset.num_pairs, len(conversations), dataset.stats,
+    )
+
+    # Check or create the shard folder on the main process.
+    shard_dir = shard_dir_for(config.out)
+    encoder_id = config.encoder if encoder is None else encoder.encoder_id
+    revision = config.revision if encoder is None else encoder.revision
+    manifest = make_manifest(encoder_id, revision, conversations, config.chunk_size)
+    if state.is_main_process:
+        prepare_shard_dir(shard_dir, manifest, overwrite=config.overwrite_shards)
+    state.wait_for_everyone()
+
+    # Embed this process's chunks.
+    total = num_chunks(len(conversations), config.chunk_size)
+    mine = chunks_for_process(total, state.process_index, state.num_processes)
+    if any(not chunk_path(shard_dir, chunk).is_file() for chunk in mine):
+        if encoder is None:
+            encoder = load_encoder(
+                config.encoder, device=state.device, revision=config.revision, cache_dir=config.embedding_cache_dir,
+                **({"hub_cache_dir": config.cache_dir} if config.cache_dir and config.encoder != DEMO_ENCODER else {}),
+            )
+        embed_shards(
+            conversations, encoder, shard_dir, config.chunk_size, state.process_index, state.num_processes,
+            config.batch_size, progress=state.is_main_process,
+        )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    # Merge and write the final files.
+    embeddings, scores, num_truncated = merge_shards(shard_dir, len(conversations), config.chunk_size)
+    if num_truncated:
+        logger.warning("%d conversations were truncated to the encoder's maximum length", num_truncated)
+    users = attach_model_scores(dataset.users, scores)
+    pt_path, json_path = write_embedding_files(config.out, embeddings, users)
+    if not config.keep_shards:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    return EmbedResult(
+        pt_path=pt_path, json_path=json_path, num_users=len(users), num_pairs=dataset.num_pairs,
+        num_conversations=len(conversations), num_truncated=num_truncated, stats=dataset.stats,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m mrm embed`; return the exit code."""
+    args = build_parser().parse_args(argv)
+    config = EmbedConfig(**vars(args))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_embed(config)
+    except (ValueError, ShardError, DatasetError, EncoderLoadError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(
+            f"wrote {result.pt_path} ({result.num_conversations} conversations) and {result.json_path} "
+            f"({result.num_users} users, {result.num_pairs} pairs); truncated: {result.num_truncated}"
+        )
+    return 0

@@ -1,0 +1,466 @@
+"""Tests for the dataset rules (mrm.datasets) and the embed command (mrm.prepare)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrm.data import read_embedding_files, user_generator
+from mrm.datasets import (
+    PRISM_REPO,
+    REDDIT_PARQUET_REVISION,
+    REDDIT_REPO,
+    DatasetError,
+    index_conversations,
+    load_pairs_file,
+    load_prism,
+    load_reddit,
+    prism_conversation_pairs,
+    split_conversations,
+)
+from mrm.encoder_base import EncodedBatch
+from mrm.encoders import load_encoder
+from mrm.prepare import (
+    EmbedConfig,
+    ShardError,
+    build_parser,
+    chunk_path,
+    embed_shards,
+    main,
+    make_manifest,
+    merge_shards,
+    prepare_shard_dir,
+    prompt_text,
+    run_embed,
+    shard_dir_for,
+)
+from tests.tiny_models import build_tiny_reward_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REDDIT_DIR = FIXTURES / "reddit"
+PRISM_DIR = FIXTURES / "prism"
+
+
+class HashEncoder:
+    """A deterministic stand-in encoder: each conversation's vector is derived from its text hash."""
+
+    def __init__(self, hidden_size: int = 8, fail_after_calls: int | None = None, encoder_id: str = "hash-encoder"):
+        self.encoder_id = encoder_id
+        self.revision = None
+        self.hidden_size = hidden_size
+        self.device = torch.device("cpu")
+        self.fail_after_calls = fail_after_calls
+        self.calls = 0
+        self.encoded = 0
+
+    def vector(self, prompt: str, response: str) -> torch.Tensor:
+        digest = hashlib.sha256(f"{prompt}\x00{response}".encode()).digest()
+        return torch.tensor(list(digest[: self.hidden_size]), dtype=torch.float32) / 255.0
+
+    def encode(self, prompts, responses, batch_size=16, progress=False) -> EncodedBatch:
+        if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
+            raise RuntimeError("simulated interruption")
+        self.calls += 1
+        self.encoded += len(prompts)
+        embeddings = torch.stack([self.vector(p, r) for p, r in zip(prompts, responses)])
+        return EncodedBatch(embeddings=embeddings, scores=embeddings.sum(dim=1), num_truncated=0)
+
+
+def copy_fixture(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fake_hub_snapshot(cache_dir: Path, repo_id: str, revision: str, files: dict[str, Path]) -> None:
+    """Lay out a Hub cache entry for a dataset repo, as huggingface_hub writes it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = cache_dir / ("datasets--" + repo_id.replace("/", "--"))
+    ref_file = repo_dir / "refs" / revision
+    ref_file.parent.mkdir(parents=True, exist_ok=True)
+    ref_file.write_text(commit)
+    for relative, source in files.items():
+        target = repo_dir / "snapshots" / commit / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+# ----------------------------------------------------------------------------- Reddit rules
+
+
+def test_reddit_keeps_workers_in_both_splits():
+    dataset = load_reddit(REDDIT_DIR)
+    assert list(dataset.users) == ["w_alpha", "w_beta"]
+
+
+def test_reddit_entries_train_then_val_in_file_order():
+    users = load_reddit(REDDIT_DIR).users
+    assert [e["post_id"] for e in users["w_alpha"]] == ["t3_aaa01", "t3_aaa03", "t3_aaa05", "t3_aaa06", "t3_aaa03"]
+    assert [e["split"] for e in users["w_alpha"]] == ["train", "train", "train", "val", "val"]
+
+
+def test_reddit_choice_picks_chosen_summary():
+    entry = load_reddit(REDDIT_DIR).users["w_alpha"][1]  # choice 1
+    assert entry["chosen"] == " Friend is flaky."
+    assert entry["rejected"] == " Friend cancels plans last minute; should I confront them?"
+    assert entry["prompt"].startswith("My best friend keeps cancelling plans")
+
+
+def test_reddit_drops_rows_without_post():
+    dataset = load_reddit(REDDIT_DIR)
+    assert dataset.stats["rows_without_pair"] == 1
+    assert all(entry["prompt"] is not None for entries in dataset.users.values() for entry in entries)
+
+
+def test_reddit_shared_conversations_are_embedded_once():
+    dataset = load_reddit(REDDIT_DIR)
+    alpha, beta = dataset.users["w_alpha"][0], dataset.users["w_beta"][1]
+    assert (alpha["chosen_idx"], alpha["rejected_idx"]) == (beta["chosen_idx"], beta["rejected_idx"])
+    assert len(dataset.conversations) == 2 * dataset.num_pairs - 2 - 2  # two repeated pairs
+
+
+def test_reddit_split_from_folder_layout(tmp_path):
+    # The Hub's parquet conversion layout: comparisons/<split>/NNNN.<ext>.
+    rows = read_jsonl(REDDIT_DIR / "batch3.json") + read_jsonl(REDDIT_DIR / "batch11.json")
+    train = [row for row in rows if row["split"] == "train"]
+    validation = [dict(row, split="valid9") for row in rows if row["split"] != "train"]
+    for split, split_rows in (("train", train), ("validation", validation)):
+        folder = tmp_path / "comparisons" / split
+        folder.mkdir(parents=True)
+        (folder / "0000.jsonl").write_text("".join(json.dumps(row) + "\n" for row in split_rows))
+    users = load_reddit(tmp_path).users
+    assert list(users) == ["w_alpha", "w_beta"]
+    assert [e["split"] for e in users["w_beta"]] == ["train", "train", "val"]
+
+
+def test_reddit_reads_parquet_files(tmp_path):
+    pytest.importorskip("pyarrow")
+    import pandas as pd
+
+    for name, split in (("batch3.json", "train"), ("batch11.json", "validation")):
+        folder = tmp_path / "comparisons" / split
+        folder.mkdir(parents=True)
+        pd.read_json(REDDIT_DIR / name, lines=True).to_parquet(folder / "0000.parquet")
+    users = load_reddit(tmp_path).users
+    assert list(users) == ["w_alpha", "w_beta"]
+    assert users["w_alpha"][1]["chosen"] == " Friend is flaky."
+
+
+def test_reddit_from_offline_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    fake_hub_snapshot(tmp_path, REDDIT_REPO, REDDIT_PARQUET_REVISION, {
+        "comparisons/train/0000.jsonl": REDDIT_DIR / "batch3.json",
+        "comparisons/validation/0000.jsonl": REDDIT_DIR / "batch11.json",
+    })
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    dataset = load_reddit(cache_dir=tmp_path)
+    assert list(dataset.users) == ["w_alpha", "w_beta"]
+
+
+def test_reddit_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match="Reddit data folder not found"):
+        load_reddit(tmp_path / "nothing")
+
+
+def test_reddit_max_users_keeps_first_sorted():
+    dataset = load_reddit(REDDIT_DIR, max_users=1)
+    assert list(dataset.users) == ["w_alpha"]
+
+
+# ----------------------------------------------------------------------------- PRISM rules
+
+
+def test_prism_keeps_users_with_six_conversations():
+    # user1002 has 5 conversations, user1005 has 4 left after dropping 2 without a rejected reply,
+    # user1004 completed no conversation.
+    assert list(load_prism(PRISM_DIR).users) == ["user1001", "user1003"]
+
+
+def test_prism_drops_conversation_without_rejected_reply():
+    users = load_prism(PRISM_DIR).users
+    conversation_ids = {entry["conversation_id"] for entry in users["user1003"]}
+    assert "c1003-x" not in conversation_ids
+    assert len(conversation_ids) == 6
+
+
+def test_prism_one_pair_per_rejected_reply():
+    entries = [e for e in load_prism(PRISM_DIR).users["user1001"] if e["conversation_id"] == "c1001-0"]
+    assert [e["rejected"] for e in entries[:3]] == ["Order pizza.", "Here is a steak recipe.", "Try a mushroom risotto."]
+    assert len(entries) == 5
+
+
+def test_prism_turn_without_rejected_reply_gives_no_pair():
+    conversation = read_jsonl(PRISM_DIR / "conversations.jsonl")[0]
+    chosen = [pair["chosen"] for pair in prism_conversation_pairs(conversation)]
+    assert "Sparkling water with lemon." not in chosen
+
+
+def test_prism_prompt_history_uses_earlier_chosen_replies():
+    conversation = read_jsonl(PRISM_DIR / "conversations.jsonl")[0]
+    last = prism_conversation_pairs(conversation)[-1]
+    assert last["prompt"] == [
+        {"role": "user", "content": "Can you help me plan a vegetarian dinner for six?"},
+        {"role": "assistant", "content": "Sure: a lentil stew, bread and a salad."},
+        {"role": "user", "content": "What dessert goes with the stew?"},
+        {"role": "assistant", "content": "A baked apple crumble."},
+        {"role": "user", "content": "How long does the stew take?"},
+    ]
+
+
+def test_prism_pair_scores_are_ratings():
+    conversation = read_jsonl(PRISM_DIR / "conversations.jsonl")[0]
+    first = prism_conversation_pairs(conversation)[0]
+    assert (first["chosen_score"], first["rejected_score"]) == (90, 30)
+
+
+def test_prism_split_is_by_conversation_half_each():
+    users = load_prism(PRISM_DIR).users
+    for entries in users.values():
+        split_of = {}
+        for entry in entries:
+            assert split_of.setdefault(entry["conversation_id"], entry["split"]) == entry["split"]
+        assert sorted(split_of.values()) == ["train"] * 3 + ["val"] * 3
+
+
+def test_prism_split_follows_published_rule():
+    ids = ["c1", "c2", "c3", "c4", "c5"]
+    expected = list(ids)
+    user_generator("user9", 42).shuffle(expected)
+    train, val = split_conversations(ids, "user9", 42)
+    assert train == set(expected[:2])
+    assert val == set(expected[2:])
+
+
+def test_prism_split_depends_on_seed():
+    ids = [f"c{i}" for i in range(20)]
+    assert split_conversations(ids, "user9", 1) != split_conversations(ids, "user9", 2)
+
+
+def test_prism_from_offline_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    fake_hub_snapshot(tmp_path, PRISM_REPO, "main", {
+        "survey.jsonl": PRISM_DIR / "survey.jsonl",
+        "conversations.jsonl": PRISM_DIR / "conversations.jsonl",
+    })
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert list(load_prism(cache_dir=tmp_path).users) == ["user1001", "user1003"]
+
+
+def test_prism_missing_file_is_an_error(tmp_path):
+    with pytest.raises(DatasetError, match="file not found"):
+        load_prism(tmp_path)
+
+
+def test_prompt_text_flattens_history():
+    prompt = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+    assert prompt_text(prompt) == "User: Hi\n\nAssistant: Hello\n\nUser: Bye"
+    assert prompt_text(prompt[:1]) == "Hi"
+
+
+# ----------------------------------------------------------------------------- pairs files
+
+
+def test_pairs_file_groups_by_user():
+    dataset = load_pairs_file(FIXTURES / "pairs_valid.csv")
+    assert {user: len(entries) for user, entries in dataset.users.items()} == {"ann": 2, "bob": 2}
+
+
+def test_pairs_file_skips_invalid_records():
+    dataset = load_pairs_file(FIXTURES / "pairs_malformed.jsonl")
+    assert {user: len(entries) for user, entries in dataset.users.items()} == {"ann": 2, "bob": 1}
+    assert dataset.stats["invalid_records"] == 6
+
+
+def test_pairs_file_without_user_id_uses_default_user(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected\np,a,b\n")
+    dataset = load_pairs_file(path, split="val")
+    assert dataset.users == {"default": [{"prompt": "p", "chosen": "a", "rejected": "b", "split": "val",
+                                          "chosen_idx": 0, "rejected_idx": 1}]}
+
+
+def test_pairs_file_all_invalid(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "p"}\n')
+    with pytest.raises(DatasetError, match="line 1: missing 'chosen', 'rejected'"):
+        load_pairs_file(path)
+
+
+def test_index_conversations_dedups_shared_prompt_response():
+    users = {"u": [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "a", "rejected": "c"},
+        {"prompt": "q", "chosen": "a", "rejected": "b"},
+    ]}
+    dataset = index_conversations("pairs", users)
+    assert [(e["chosen_idx"], e["rejected_idx"]) for e in dataset.users["u"]] == [(0, 1), (0, 2), (3, 4)]
+
+
+# ----------------------------------------------------------------------------- shards and the embed command
+
+
+def make_config(tmp_path: Path, **overrides) -> EmbedConfig:
+    settings = {"dataset": "reddit", "out": str(tmp_path / "out" / "reddit"), "data_dir": str(REDDIT_DIR), "chunk_size": 3}
+    settings.update(overrides)
+    return EmbedConfig(**settings)
+
+
+def test_embed_single_process_writes_readable_files(tmp_path):
+    result = run_embed(make_config(tmp_path), encoder=HashEncoder())
+    data = read_embedding_files(result.pt_path, result.json_path)
+    assert data.embeddings.shape == (result.num_conversations, 8)
+    assert list(data.users) == ["w_alpha", "w_beta"]
+
+
+def test_embed_rows_match_encoder_output(tmp_path):
+    encoder = HashEncoder()
+    result = run_embed(make_config(tmp_path), encoder=encoder)
+    data = read_embedding_files(result.pt_path, result.json_path)
+    entry = data.users["w_beta"][0]
+    expected = encoder.vector(entry["prompt"], entry["chosen"])
+    assert torch.equal(data.embeddings[entry["chosen_idx"]], expected)
+
+
+def test_embed_stores_texts_and_model_scores(tmp_path):
+    encoder = HashEncoder()
+    result = run_embed(make_config(tmp_path), encoder=encoder)
+    entry = read_embedding_files(result.pt_path, result.json_path).users["w_alpha"][0]
+    assert entry["chosen"] == " Landlord raising rent 30% after I repaired the heater; is that legal?"
+    assert entry["chosen_model_score"] == pytest.approx(encoder.vector(entry["prompt"], entry["chosen"]).sum().item())
+
+
+def test_embed_removes_shards_after_merge(tmp_path):
+    config = make_config(tmp_path)
+    run_embed(config, encoder=HashEncoder())
+    assert not shard_dir_for(config.out).exists()
+
+
+def test_embed_interrupted_run_resumes_without_redoing_chunks(tmp_path):
+    config = make_config(tmp_path / "resumed")
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_embed(config, encoder=HashEncoder(fail_after_calls=1))
+    shard_dir = shard_dir_for(config.out)
+    assert chunk_path(shard_dir, 0).is_file()
+    assert not chunk_path(shard_dir, 1).is_file()
+
+    second = HashEncoder()
+    resumed = run_embed(config, encoder=second)
+    reference = run_embed(make_config(tmp_path / "reference"), encoder=HashEncoder())
+    assert second.encoded == resumed.num_conversations - config.chunk_size
+    assert torch.equal(torch.load(resumed.pt_path), torch.load(reference.pt_path))
+    assert json.loads(resumed.json_path.read_text()) == json.loads(reference.json_path.read_text())
+
+
+def test_embed_rejects_shards_of_another_encoder(tmp_path):
+    config = make_config(tmp_path, keep_shards=True)
+    with pytest.raises(RuntimeError):
+        run_embed(config, encoder=HashEncoder(fail_after_calls=1))
+    with pytest.raises(ShardError, match="encoder_id 'hash-encoder' there, 'other-encoder' now"):
+        run_embed(config, encoder=HashEncoder(encoder_id="other-encoder"))
+
+
+def test_embed_overwrite_shards_rebuilds(tmp_path):
+    config = make_config(tmp_path)
+    with pytest.raises(RuntimeError):
+        run_embed(config, encoder=HashEncoder(fail_after_calls=1))
+    config.overwrite_shards = True
+    encoder = HashEncoder(encoder_id="other-encoder")
+    result = run_embed(config, encoder=encoder)
+    assert encoder.encoded == result.num_conversations
+
+
+def test_prepare_shard_dir_rejects_folder_without_manifest(tmp_path):
+    shard_dir = tmp_path / "x.shards"
+    shard_dir.mkdir()
+    (shard_dir / "chunk_000000.pt").write_bytes(b"junk")
+    manifest = make_manifest("e", None, [("p", "r")], 4)
+    with pytest.raises(ShardError, match="without a manifest.json"):
+        prepare_shard_dir(shard_dir, manifest)
+
+
+def test_two_process_shards_merge_like_one(tmp_path):
+    conversations = load_prism(PRISM_DIR).conversations
+    single_dir, split_dir = tmp_path / "single", tmp_path / "split"
+    single_dir.mkdir()
+    split_dir.mkdir()
+    embed_shards(conversations, HashEncoder(), single_dir, chunk_size=4)
+    first = embed_shards(conversations, HashEncoder(), split_dir, chunk_size=4, process_index=0, num_processes=2)
+    second = embed_shards(conversations, HashEncoder(), split_dir, chunk_size=4, process_index=1, num_processes=2)
+    assert set(first).isdisjoint(second)
+    single, single_scores, _ = merge_shards(single_dir, len(conversations), 4)
+    merged, merged_scores, _ = merge_shards(split_dir, len(conversations), 4)
+    assert torch.equal(single, merged)
+    assert torch.equal(single_scores, merged_scores)
+
+
+def test_merge_shards_reports_missing_chunk(tmp_path):
+    conversations = [("p", f"r{i}") for i in range(10)]
+    embed_shards(conversations, HashEncoder(), tmp_path, chunk_size=4, process_index=0, num_processes=2)
+    with pytest.raises(ShardError, match="chunk 1 is missing"):
+        merge_shards(tmp_path, len(conversations), 4)
+
+
+def test_embed_prism_stores_message_prompts(tmp_path):
+    config = make_config(tmp_path, dataset="prism", data_dir=str(PRISM_DIR), out=str(tmp_path / "prism"))
+    result = run_embed(config, encoder=HashEncoder())
+    entry = read_embedding_files(result.pt_path, result.json_path).users["user1001"][0]
+    assert entry["prompt"] == [{"role": "user", "content": "Can you help me plan a vegetarian dinner for six?"}]
+    assert entry["chosen_score"] == 90
+
+
+def test_parser_mirrors_config_fields():
+    args = build_parser().parse_args(["pairs", "--out", "x", "--input", "f.csv", "--max_users", "3", "--keep_shards"])
+    config = EmbedConfig(**vars(args))
+    assert (config.dataset, config.max_users, config.keep_shards, config.batch_size) == ("pairs", 3, True, 16)
+
+
+def test_main_pairs_without_input_fails(tmp_path, capsys):
+    assert main(["pairs", "--out", str(tmp_path / "x"), "--encoder", "demo"]) == 2
+    assert "needs --input FILE" in capsys.readouterr().err
+
+
+def test_main_embeds_pairs_with_demo_encoder(tmp_path):
+    out = tmp_path / "demo"
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo", "--out", str(out)])
+    assert code == 0
+    data = read_embedding_files(f"{out}.pt", f"{out}.json")
+    assert data.embeddings.shape[0] == 7  # 8 responses, one shared (prompt, response)
+    assert sorted(data.users) == ["ann", "bob"]
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny_rm"), seed=0)
+
+
+def test_main_embeds_reddit_with_tiny_reward_model(tmp_path, tiny_reward_model):
+    out = tmp_path / "reddit"
+    code = main(["reddit", "--data_dir", str(REDDIT_DIR), "--encoder", str(tiny_reward_model), "--out", str(out),
+                 "--chunk_size", "5", "--batch_size", "4"])
+    assert code == 0
+    data = read_embedding_files(f"{out}.pt", f"{out}.json")
+    assert data.embeddings.shape == (12, 32)
+
+
+def test_embed_tiny_model_matches_direct_encoding(tmp_path, tiny_reward_model):
+    config = make_config(tmp_path, encoder=str(tiny_reward_model))
+    result = run_embed(config)
+    data = read_embedding_files(result.pt_path, result.json_path)
+    entry = data.users["w_beta"][2]
+    direct = load_encoder(str(tiny_reward_model)).encode([entry["prompt"]], [entry["rejected"]])
+    assert torch.allclose(data.embeddings[entry["rejected_idx"]], direct.embeddings[0], atol=1e-5)
+    assert entry["rejected_model_score"] == pytest.approx(direct.scores[0].item(), abs=1e-5)

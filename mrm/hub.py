@@ -4,8 +4,8 @@
 `org/name@revision`) into a local checkpoint path, through the standard
 `huggingface_hub` cache, so offline mode (`HF_HUB_OFFLINE=1`), pinned
 revisions and tokens behave as they do for any Hub model. Every failure of
-the Hub or of the cache becomes one `HubError` whose message names the repo
-and revision and says what to do next.
+the Hub or of the cache becomes one `HubError` whose message names the repo,
+the revision and the next step to take.
 
 `push_checkpoint` uploads a head as `model.safetensors` + `config.json` with a
 model card that records the encoder, the architecture, the training settings
@@ -54,6 +54,7 @@ PUBLISHED_CHECKPOINTS = (
     "ModalityDance/MRM-PRISM-V2",
     "ModalityDance/MRM-PRISM-V1",
 )
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 CARD_TAGS = ["reward-model", "personalization", "meta-learning", "mrm"]
 
 # Connection-level failures: the Hub was not reached at all.
@@ -61,7 +62,7 @@ _NETWORK_ERRORS = (httpx2.TransportError, OfflineModeIsEnabled, ConnectionError,
 
 
 class HubError(RuntimeError):
-    """A Hub look-up, download or upload that failed; the message says what to do next."""
+    """Failure of a Hub look-up, download or upload. The message states the next step to take."""
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -78,11 +79,12 @@ def resolve_checkpoint(
     """Return a local checkpoint path for a local file, a local folder or a Hub repo id.
 
     A local file or folder is returned as is (a folder must contain a checkpoint).
-    Anything else is read as a Hub repo id, optionally `org/name@revision`: the
-    repo's files are listed (from the local cache when offline), the checkpoint
-    file is picked by `find_checkpoint_file`, and it is downloaded into the Hub
-    cache together with `config.json` when the repo has one. The returned path
-    is the checkpoint file inside the cache's snapshot folder.
+    Anything else is read as a Hub repo id, optionally `org/name@revision`.
+    The repo's files are listed (from the local cache when offline) and
+    `find_checkpoint_file` picks the checkpoint among them. That file is
+    downloaded into the Hub cache, together with `config.json` when the repo
+    has one. The returned path is the checkpoint file inside the cache's
+    snapshot folder.
 
     `token` defaults to the `HF_TOKEN` environment variable (then to a stored
     `hf auth login` token). Offline mode is on when `local_files_only` is true
@@ -90,7 +92,7 @@ def resolve_checkpoint(
     imported.
 
     Raises:
-        HubError: the repo could not be listed or downloaded; the message says why and what to do.
+        HubError: the repo could not be listed or downloaded. The message gives the reason and the fix.
         CheckpointError: a local folder contains no checkpoint, or several.
     """
     local = Path(path_or_repo).expanduser()
@@ -122,8 +124,8 @@ def resolve_checkpoint(
 
     checkpoint_path = Path(_download(target, filename, revision, token, force_download, offline))
 
-    # Fetch config.json from the same commit, so that load_mrm can check the
-    # declared architecture against the weights.
+    # Fetch config.json from the commit of the weights, so that load_mrm can
+    # check the declared architecture against them.
     config_name = (PurePosixPath(filename).parent / CONFIG_NAME).as_posix()
     if config_name in file_names:
         commit = checkpoint_path.parents[len(PurePosixPath(filename).parts) - 1].name
@@ -179,7 +181,7 @@ def parse_repo_id(text: str, revision: str | None = None) -> tuple[str, str | No
 
 
 def is_offline() -> bool:
-    """Whether Hub offline mode is on, read from `huggingface_hub` and from the environment now."""
+    """Return True when Hub offline mode is on in `huggingface_hub` or in the current environment."""
     from_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     return constants.is_offline_mode() or from_env
 
@@ -187,7 +189,7 @@ def is_offline() -> bool:
 class _Target:
     """A repo id with its revision and cache folder, as named in messages."""
 
-    def __init__(self, repo_id: str, revision: str | None, cache_dir, local_path: Path):
+    def __init__(self, repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None, local_path: Path):
         self.repo_id = repo_id
         self.revision = revision
         self.cache_dir = str(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
@@ -200,6 +202,13 @@ class _Target:
     def download_command(self) -> str:
         revision = f" --revision {self.revision}" if self.revision else ""
         return f"`hf download {self.repo_id}{revision}` (older clients: `huggingface-cli download {self.repo_id}{revision}`)"
+
+    @property
+    def local_hint(self) -> str:
+        """Return a sentence for inputs that look like a mistyped local path, else an empty string."""
+        if self.local_path.suffix not in CHECKPOINT_SUFFIXES:
+            return ""
+        return f" No local file {self.local_path.resolve()} exists either, so it was read as a Hub repo id."
 
     @property
     def alternatives(self) -> str:
@@ -216,7 +225,8 @@ def _list_repo_files(target: _Target, token: str | None, offline: bool) -> list[
         if cached is None:
             raise HubError(
                 f"Could not load the checkpoint {target}: offline mode is on (HF_HUB_OFFLINE=1 or "
-                f"local_files_only=True) and the repo is not in the local Hub cache {target.cache_dir}. "
+                f"local_files_only=True) and the repo is not in the local Hub cache {target.cache_dir}."
+                f"{target.local_hint} "
                 f"Download it while online with {target.download_command} and retry, "
                 "or unset HF_HUB_OFFLINE to download it now. " + target.alternatives
             )
@@ -231,7 +241,7 @@ def _list_repo_files(target: _Target, token: str | None, offline: bool) -> list[
         cached = None if isinstance(error, RevisionNotFoundError) else _list_cached_files(target)
         if cached is None:
             raise HubError(_failure_message(target, error)) from None
-        logger.warning("could not list %s on the Hub (%s); using the cached copy", target, type(error).__name__)
+        logger.warning("listing %s on the Hub failed (%s), so the cached copy is used", target, type(error).__name__)
         return cached
     return [sibling.rfilename for sibling in info.siblings or []]
 
@@ -302,7 +312,7 @@ def _failure_message(target: _Target, error: Exception, filename: str | None = N
     if isinstance(error, GatedRepoError):
         return (
             f"Could not load {what}: the repo is gated and this request has no access to it. "
-            f"Accept its conditions on https://huggingface.co/{target.repo_id} while logged in, then set HF_TOKEN "
+            f"Accept its conditions on {constants.ENDPOINT}/{target.repo_id} while logged in, then set HF_TOKEN "
             "to a read token of that account (or run `hf auth login`). " + target.alternatives
         )
     if status == 401 and "invalid credentials" in server_message.lower():
@@ -312,12 +322,16 @@ def _failure_message(target: _Target, error: Exception, filename: str | None = N
             + target.alternatives
         )
     if isinstance(error, RepositoryNotFoundError):
-        local_hint = f" No local path {target.local_path.resolve()} exists either."
         return (
             f"Could not load {what}: the repo was not found on the Hub, or it is private and the request "
-            f"was not authorised.{local_hint} Check the repo id (published checkpoints: "
+            f"was not authorised.{target.local_hint} Check the repo id (published checkpoints: "
             f"{', '.join(PUBLISHED_CHECKPOINTS)}), and for a private repo set HF_TOKEN to a read token with "
             "access to it. " + target.alternatives
+        )
+    if isinstance(error, EntryNotFoundError):
+        return (
+            f"Could not load {what}: the file is listed in the repo but was not found on the Hub. "
+            + target.alternatives
         )
     if isinstance(error, HfHubHTTPError):
         return (
@@ -325,8 +339,6 @@ def _failure_message(target: _Target, error: Exception, filename: str | None = N
             f"{target.cache_dir}. Retry later, or download the repo when the Hub responds with "
             f"{target.download_command}. " + target.alternatives
         )
-    if isinstance(error, EntryNotFoundError):
-        return f"Could not load {what}: the file is listed in the repo but could not be found. " + target.alternatives
     if isinstance(error, _NETWORK_ERRORS):
         return (
             f"Could not load {what}: the Hub at {constants.ENDPOINT} could not be reached "
@@ -353,17 +365,22 @@ def push_checkpoint(
     The repo gets `model.safetensors`, `config.json` (architecture plus the
     encoder id and revision from `card_info`) and a `README.md` rendered by
     `render_model_card`. The repo is created when missing (`private` applies
-    only then), and so is the branch `revision` when given.
+    only then), and so is the branch `revision` when given. `card_info` is
+    described at `render_model_card`; its optional `commit_message` names the
+    commit.
 
     Raises:
-        HubError: no token is available (checked before any request), or the Hub rejected the upload.
+        HubError: no token is available or offline mode is on (both checked before
+            any request), or the Hub rejected the upload.
     """
     token = token or get_token()
     if not token:
         raise HubError(
             f"Cannot push to '{repo_id}': no Hugging Face token. Set HF_TOKEN to a token with write access "
-            "(https://huggingface.co/settings/tokens), run `hf auth login`, or pass token=..."
+            f"({constants.ENDPOINT}/settings/tokens), run `hf auth login`, or pass token=..."
         )
+    if is_offline():
+        raise HubError(f"Cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1). Unset it to upload.")
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
@@ -371,7 +388,7 @@ def push_checkpoint(
     readme = render_model_card(model, {"repo_id": repo_id, **card_info})
 
     with tempfile.TemporaryDirectory(prefix="mrm-push-") as folder:
-        # save_mrm may leave the mixin's generic card in the folder: ours replaces it.
+        # save_mrm may leave the mixin's generic card in the folder, and this card replaces it.
         save_mrm(model, folder, extra_config=_encoder_config(card_info))
         write_text_atomic(Path(folder) / "README.md", readme)
 
@@ -557,13 +574,13 @@ def _percent(value, name: str) -> str:
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(
-            f"accuracy '{name}' is {value}, not a fraction in [0, 1]; pass accuracies as fractions (0.653, not 65.3)"
+            f"accuracy '{name}' is {value}, not a fraction in [0, 1]. Pass accuracies as fractions (0.653, not 65.3)."
         )
     return f"{100 * value:.1f}%"
 
 
 def _is_hub_id(value) -> bool:
-    """Whether `value` looks like a Hub repo id `org/name` (the demo encoder's name does not)."""
+    """Return True when `value` is a Hub repo id `org/name` and no local path (the demo encoder's name is not)."""
     if not isinstance(value, str) or value.count("/") != 1 or Path(value).expanduser().exists():
         return False
     try:

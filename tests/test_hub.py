@@ -58,7 +58,7 @@ def safetensors_files(model: MRM, tmp_path: Path) -> dict[str, bytes]:
 
 
 def add_cached_commit(cache: Path, repo_id: str, commit: str, files: dict[str, bytes], refs=("main",)) -> Path:
-    """Write one commit of a repo into a Hub cache as huggingface_hub lays it out; return its snapshot folder."""
+    """Write one commit of a repo into a Hub cache as huggingface_hub lays it out, and return its snapshot folder."""
     storage = cache / ("models--" + repo_id.replace("/", "--"))
     snapshot = storage / "snapshots" / commit
     for name, data in files.items():
@@ -89,7 +89,7 @@ def weights_equal(first: MRM, second: MRM) -> bool:
 
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch) -> Path:
-    """An empty Hub cache used by default, no token, and offline mode off."""
+    """Return an empty Hub cache, used by default, with no token and offline mode off."""
     cache = tmp_path / "hub-cache"
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
@@ -103,14 +103,14 @@ def hub_cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def offline_cache(hub_cache, monkeypatch, fake_hub) -> Path:
-    """The Hub cache with HF_HUB_OFFLINE=1; the fake server records any request that slips through."""
+    """Return the Hub cache with HF_HUB_OFFLINE=1. The fake server records any request made anyway."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return hub_cache
 
 
 class FakeHub:
-    """Routes of the fake Hub server: path -> (status, headers, body), plus a log of requests."""
+    """Routes of the fake Hub server, mapping a path to (status, headers, body), and a log of requests."""
 
     def __init__(self):
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
@@ -198,6 +198,19 @@ def test_resolve_missing_path_names_it(hub_cache, tmp_path):
     assert str(missing) in str(caught.value)
 
 
+def test_resolve_missing_relative_file_names_it(offline_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HubError) as caught:
+        resolve_checkpoint("runs/best.pt")
+    assert f"No local file {tmp_path / 'runs' / 'best.pt'} exists" in str(caught.value)
+
+
+def test_resolve_repo_id_has_no_local_hint(offline_cache):
+    with pytest.raises(HubError) as caught:
+        resolve_checkpoint("org/missing")
+    assert "No local file" not in str(caught.value)
+
+
 # ----------------------------------------------------------------------------- offline cache
 
 
@@ -207,7 +220,7 @@ def test_resolve_cached_pt_repo_offline(offline_cache):
     assert path == offline_cache / "models--org--reddit150" / "snapshots" / COMMIT_NEW / PT_NAME
 
 
-def test_load_cached_pt_repo_offline_matches_weights(offline_cache):
+def test_load_cached_pt_repo_offline(offline_cache):
     model = tiny_model(0)
     add_cached_commit(offline_cache, "org/reddit150", COMMIT_NEW, {PT_NAME: published_pt_bytes(model)})
     assert weights_equal(load_checkpoint("org/reddit150"), model)
@@ -219,7 +232,7 @@ def test_load_cached_pt_repo_sends_no_request(offline_cache, fake_hub):
     assert fake_hub.requests == []
 
 
-def test_offline_env_set_after_import_is_honoured(offline_cache, fake_hub, monkeypatch):
+def test_offline_env_after_import(offline_cache, fake_hub, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     add_cached_commit(offline_cache, "org/reddit150", COMMIT_NEW, {PT_NAME: published_pt_bytes(tiny_model(0))})
     load_checkpoint("org/reddit150")
@@ -232,7 +245,7 @@ def test_load_cached_safetensors_repo_offline(offline_cache, tmp_path):
     assert weights_equal(load_checkpoint("org/new-head"), model)
 
 
-def test_resolve_cached_safetensors_repo_puts_config_beside_weights(offline_cache, tmp_path):
+def test_resolve_cached_repo_fetches_config(offline_cache, tmp_path):
     add_cached_commit(offline_cache, "org/new-head", COMMIT_NEW, safetensors_files(tiny_model(1), tmp_path))
     path = resolve_checkpoint("org/new-head")
     assert (path.parent / "config.json").is_file()
@@ -269,7 +282,7 @@ def test_from_pretrained_local_folder(tmp_path):
     assert weights_equal(MRM.from_pretrained(str(folder)), model)
 
 
-def test_resolve_repo_with_two_pt_files_raises(offline_cache):
+def test_resolve_two_pt_files_names_both(offline_cache):
     files = {"epoch_10.pt": published_pt_bytes(tiny_model(0)), "epoch_20.pt": published_pt_bytes(tiny_model(1))}
     add_cached_commit(offline_cache, "org/two-heads", COMMIT_NEW, files)
     with pytest.raises(HubError) as caught:
@@ -277,7 +290,7 @@ def test_resolve_repo_with_two_pt_files_raises(offline_cache):
     assert "epoch_10.pt, epoch_20.pt" in str(caught.value)
 
 
-def test_resolve_repo_with_two_pt_files_says_what_to_do(offline_cache):
+def test_resolve_two_pt_files_gives_fix(offline_cache):
     files = {"epoch_10.pt": published_pt_bytes(tiny_model(0)), "epoch_20.pt": published_pt_bytes(tiny_model(1))}
     add_cached_commit(offline_cache, "org/two-heads", COMMIT_NEW, files)
     with pytest.raises(HubError, match="hf download org/two-heads FILE"):
@@ -461,7 +474,7 @@ def test_online_missing_repo_hides_traceback(hub_cache, fake_hub):
 
 @pytest.fixture
 def unreachable_endpoint(hub_cache, monkeypatch) -> str:
-    """An endpoint on a local port that was free a moment ago, so connections are refused."""
+    """Point the Hub endpoint at a local port that was free a moment ago, so connections are refused."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -541,7 +554,7 @@ def test_model_card_selection_outside_test_set():
     assert "Epoch 80 was selected on `support` data, without looking at the test pairs." in text
 
 
-def test_model_card_without_selection_says_so():
+def test_model_card_missing_selection():
     results = {"seen": 0.7}
     text = render_model_card(tiny_model(0), {"results": results})
     assert "does not record how the reported epoch was selected" in text
@@ -561,7 +574,7 @@ def test_model_card_rejects_percentages():
 
 
 class UploadRecorder:
-    """Stands in for HfApi's repo and upload calls, and keeps a copy of the uploaded folder."""
+    """Replacement for HfApi's repo and upload calls that keeps a copy of the uploaded folder."""
 
     def __init__(self, tmp_path: Path):
         self.copy = tmp_path / "uploaded"
@@ -597,6 +610,13 @@ def test_push_without_token_raises(recorder):
 def test_push_without_token_sends_nothing(recorder):
     with pytest.raises(HubError):
         push_checkpoint(tiny_model(0), "org/head", CARD_INFO)
+    assert recorder.calls == []
+
+
+def test_push_offline_raises_before_request(recorder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match="offline mode is on"):
+        push_checkpoint(tiny_model(0), "org/head", CARD_INFO, token="hf_write")
     assert recorder.calls == []
 
 
@@ -653,11 +673,11 @@ def test_push_revision_is_uploaded_to(recorder):
 
 
 def test_push_forbidden_message(recorder, monkeypatch):
-    def refuse(api, repo_id, **kwargs):
+    def reject_create_repo(api, repo_id, **kwargs):
         response = httpx2.Response(403, request=httpx2.Request("POST", "https://huggingface.co/api/repos/create"))
         raise HfHubHTTPError("403 Forbidden", response=response)
 
-    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    monkeypatch.setattr(HfApi, "create_repo", reject_create_repo)
     with pytest.raises(HubError, match="no write access"):
         push_checkpoint(tiny_model(0), "org/head", CARD_INFO, token="hf_read_only")
 

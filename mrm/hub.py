@@ -15,6 +15,7 @@ and the evaluation results.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -435,10 +436,10 @@ def _push_failure_message(repo_id: str, error: Exception) -> str:
 # ----------------------------------------------------------------------------- model card
 
 _RESULT_ROWS = (
-    ("seen", "Seen users (meta-training users, their held-out test pairs)"),
+    ("seen", "Seen users (meta-training tasks)"),
     ("unseen", "Unseen users (not used in meta-training)"),
-    ("overall", "Overall (mean over all users)"),
-    ("worst10", "Worst 10% of users"),
+    ("overall", "All users"),
+    ("worst10", "Worst 10% of users (their mean)"),
 )
 
 
@@ -456,8 +457,11 @@ def render_model_card(model: MRM, card_info: Mapping) -> str:
             config), rendered as a table.
         results: a mapping with user-level accuracies as fractions in [0, 1]
             (`seen`, `unseen`, `overall`, `worst10`, optionally `std` and `init`,
-            the same accuracies before adaptation), plus `selected_on`
-            (`"test"` or another selection set) and `best_epoch`.
+            the same accuracies before adaptation; NaN prints as n/a), and
+            optionally `num_seen`, `num_unseen`, `protocol` (`inner_lr`,
+            `eval_inner_epochs`), `best_epoch` and `selected_on`. `selected_on`
+            is a label such as `"test: ..."`, `"val: ..."` or `"last: ..."`
+            whose part before the colon names the selection data.
 
     Raises:
         ValueError: an accuracy is not a fraction in [0, 1].
@@ -537,6 +541,14 @@ def _results_section(results: Mapping) -> str:
     ]
     if results.get("std") is not None:
         lines.append(f"Standard deviation of user accuracy: {_percent(results['std'], 'std')}.")
+    if results.get("num_seen") is not None and results.get("num_unseen") is not None:
+        lines.append(f"Users evaluated: {results['num_seen']} seen and {results['num_unseen']} unseen.")
+    protocol = results.get("protocol") or {}
+    if protocol.get("eval_inner_epochs") is not None and protocol.get("inner_lr") is not None:
+        lines.append(
+            f"Adaptation before scoring: {protocol['eval_inner_epochs']} Adam step(s) on the mixture logits "
+            f"at inner_lr {protocol['inner_lr']}."
+        )
     lines.append(_selection_sentence(results))
     return "\n\n".join(lines)
 
@@ -547,12 +559,19 @@ def _selection_sentence(results: Mapping) -> str:
     epoch_text = f"Epoch {epoch}" if epoch is not None else "The reported epoch"
     if selected_on is None:
         return "The card does not record how the reported epoch was selected."
-    if selected_on == "test":
+
+    # Training writes labels such as "val: held-out training pairs of unseen users".
+    kind, _, description = str(selected_on).partition(":")
+    kind, description = kind.strip(), description.strip()
+    if kind == "test":
         return (
             f"{epoch_text} was selected by the best overall test accuracy over all evaluated epochs, "
             "as in the published protocol. The test pairs chose the epoch, so these figures are optimistic."
         )
-    return f"{epoch_text} was selected on `{selected_on}` data, without looking at the test pairs."
+    if kind == "last":
+        return f"{epoch_text} is the final training epoch. No epoch selection took place."
+    detail = f" ({description})" if description else ""
+    return f"{epoch_text} was selected on `{kind}` data{detail}, without looking at the test pairs."
 
 
 def _settings_table(settings) -> str:
@@ -569,7 +588,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def _percent(value, name: str) -> str:
-    if value is None:
+    if value is None or math.isnan(float(value)):  # NaN: no users in that group
         return "n/a"
     value = float(value)
     if not 0.0 <= value <= 1.0:

@@ -27,6 +27,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.hf_api import CommitInfo
 
+from mrm.evaluate import summarize
 from mrm.hub import HubError, load_checkpoint, push_checkpoint, render_model_card, resolve_checkpoint
 from mrm.model import MRM, CheckpointError, load_mrm, save_mrm
 
@@ -511,7 +512,10 @@ CARD_INFO = {
         "overall": 0.674,
         "worst10": 0.41,
         "init": {"seen": 0.6, "unseen": 0.59, "overall": 0.595, "worst10": 0.35},
-        "selected_on": "test",
+        "num_seen": 40,
+        "num_unseen": 41,
+        "protocol": {"inner_lr": 0.005, "eval_inner_epochs": 1, "seed": 42},
+        "selected_on": "test: best overall test accuracy over evaluated epochs (published protocol, optimistic)",
         "best_epoch": 120,
     },
 }
@@ -534,10 +538,12 @@ def test_model_card_front_matter():
         "`Skywork/Skywork-Reward-V2-Llama-3.1-8B`",
         "| `inner_lr` | `0.005` |",
         "| `epochs` | `200` |",
-        "| Seen users (meta-training users, their held-out test pairs) | 69.6% | 60.0% |",
+        "| Seen users (meta-training tasks) | 69.6% | 60.0% |",
         "| Unseen users (not used in meta-training) | 65.2% | 59.0% |",
-        "| Overall (mean over all users) | 67.4% | 59.5% |",
-        "| Worst 10% of users | 41.0% | 35.0% |",
+        "| All users | 67.4% | 59.5% |",
+        "| Worst 10% of users (their mean) | 41.0% | 35.0% |",
+        "Users evaluated: 40 seen and 41 unseen.",
+        "Adaptation before scoring: 1 Adam step(s) on the mixture logits at inner_lr 0.005.",
         "Epoch 120 was selected by the best overall test accuracy",
         "optimistic",
         'load_checkpoint("org/head")',
@@ -548,10 +554,36 @@ def test_model_card_records(expected):
     assert expected in text
 
 
-def test_model_card_selection_outside_test_set():
-    results = {**CARD_INFO["results"], "selected_on": "support", "best_epoch": 80}
+def test_model_card_val_selection():
+    label = "val: held-out training pairs of unseen users (test pairs untouched)"
+    results = {**CARD_INFO["results"], "selected_on": label, "best_epoch": 80}
     text = render_model_card(tiny_model(0), {**CARD_INFO, "results": results})
-    assert "Epoch 80 was selected on `support` data, without looking at the test pairs." in text
+    expected = "Epoch 80 was selected on `val` data (held-out training pairs of unseen users (test pairs untouched))"
+    assert expected in text
+
+
+def test_model_card_val_selection_not_optimistic():
+    results = {**CARD_INFO["results"], "selected_on": "val", "best_epoch": 80}
+    text = render_model_card(tiny_model(0), {**CARD_INFO, "results": results})
+    assert "optimistic" not in text
+
+
+def test_model_card_last_epoch():
+    results = {**CARD_INFO["results"], "selected_on": "last: final epoch", "best_epoch": 200}
+    text = render_model_card(tiny_model(0), {**CARD_INFO, "results": results})
+    assert "Epoch 200 is the final training epoch." in text
+
+
+def test_model_card_from_evaluate_summary():
+    seen, unseen = torch.tensor([0.5, 0.75, 1.0]), torch.tensor([])
+    results = {**summarize(seen, unseen), "init": summarize(seen * 0.5, unseen)}
+    text = render_model_card(tiny_model(0), {"results": results})
+    assert "| All users | 75.0% | 37.5% |" in text
+
+
+def test_model_card_nan_accuracy_is_na():
+    text = render_model_card(tiny_model(0), {"results": {"seen": 0.7, "unseen": float("nan")}})
+    assert "| Unseen users (not used in meta-training) | n/a |" in text
 
 
 def test_model_card_missing_selection():

@@ -1,0 +1,80 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrm.adapt import adapt_logits, inner_loop, pad_pairs, score
+from mrm.model import MRM
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return MRM(8, [3])
+
+
+def reference_adam(model, chosen, rejected, steps, lr):
+    logits = model.shared_weight.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (-F.logsigmoid(model(chosen, logits) - model(rejected, logits)).mean()).backward()
+        optimizer.step()
+    return logits.detach()
+
+
+def test_adapt_matches_torch_adam(model):
+    chosen, rejected = torch.randn(6, 8) * 40, torch.randn(6, 8) * 40
+    result = adapt_logits(model, chosen, rejected, steps=7, lr=0.2)
+    assert torch.allclose(result.logits, reference_adam(model, chosen, rejected, 7, 0.2), atol=1e-6)
+
+
+def test_adapt_changes_only_logits(model):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapt_logits(model, torch.randn(4, 8), torch.randn(4, 8), steps=3, lr=0.5)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_adapt_trace_has_one_value_per_step_plus_start(model):
+    result = adapt_logits(model, torch.randn(4, 8), torch.randn(4, 8), steps=5, lr=0.1)
+    assert len(result.support_loss) == 6
+
+
+def test_adapt_lowers_support_loss(model):
+    chosen, rejected = torch.randn(8, 8) * 50, torch.randn(8, 8) * 50
+    result = adapt_logits(model, chosen, rejected, steps=20, lr=0.3)
+    assert result.support_loss[-1] < result.support_loss[0]
+
+
+def test_adapt_many_users_equals_one_at_a_time(model):
+    users = [(torch.randn(n, 8) * 30, torch.randn(n, 8) * 30) for n in (3, 7, 1)]
+    pairs = [(c, r) for c, r in users]
+    with torch.no_grad():
+        bases = [model.base_rewards(c) - model.base_rewards(r) for c, r in pairs]
+    width = max(b.shape[0] for b in bases)
+    stacked = torch.zeros(3, width, 3)
+    for i, b in enumerate(bases):
+        stacked[i, : b.shape[0]] = b
+    _, _, mask = pad_pairs([(torch.arange(b.shape[0]), torch.arange(b.shape[0])) for b in bases])
+    together = inner_loop(stacked, mask, model.shared_weight, steps=4, lr=0.3).logits
+    for i, (c, r) in enumerate(users):
+        alone = adapt_logits(model, c, r, steps=4, lr=0.3).logits
+        assert torch.allclose(together[i], alone, atol=1e-6)
+
+
+def test_adapt_rejects_wrong_width(model):
+    with pytest.raises(ValueError, match="does not match the checkpoint's in_dim 8"):
+        adapt_logits(model, torch.randn(2, 5), torch.randn(2, 5))
+
+
+def test_adapt_rejects_no_pairs(model):
+    with pytest.raises(ValueError, match="label at least one pair"):
+        adapt_logits(model, torch.empty(0, 8), torch.empty(0, 8))
+
+
+def test_score_with_given_logits_is_pure(model):
+    x = torch.randn(5, 8)
+    logits = torch.tensor([3.0, -1.0, 0.0])
+    first = score(model, x, logits)
+    assert torch.equal(first, score(model, x, logits))
+    assert torch.allclose(first, model(x, logits).detach())

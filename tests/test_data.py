@@ -38,7 +38,7 @@ def test_seen_unseen_split_matches_published_rule():
 
 def test_train_cap_uses_md5_seeded_generator():
     entries = [{"chosen_idx": i} for i in range(10)]
-    seed = 42 + int(hashlib.md5("worker-9".encode("utf-8")).hexdigest(), 16) % 2**32
+    seed = 42 + int(hashlib.md5(b"worker-9").hexdigest(), 16) % 2**32
     expected = list(entries)
     random.Random(seed).shuffle(expected)
     assert select_train_pairs(entries, "worker-9", 42, limit=4) == expected[:4]

@@ -39,7 +39,7 @@ from huggingface_hub.utils import validate_repo_id
 from mrm.fileio import write_text_atomic
 from mrm.model import CONFIG_NAME, MRM, CheckpointError, find_checkpoint_file, load_mrm, save_mrm
 
-try:  # huggingface_hub >= 2.x caches each commit's file listing; older versions do not
+try:  # get_cached_repo_tree exists in huggingface_hub 2.4, and the fallback covers versions without it
     from huggingface_hub import get_cached_repo_tree
     from huggingface_hub.errors import CachedRepoTreeNotFoundError
 except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
@@ -220,7 +220,7 @@ class _Target:
 
 
 def _list_repo_files(target: _Target, token: str | None, offline: bool) -> list[str]:
-    """List the repo's files: from the Hub when online, else (or when it fails) from the cache."""
+    """List the repo's files from the Hub, or from the cache when offline or when the Hub request fails."""
     if offline:
         cached = _list_cached_files(target)
         if cached is None:
@@ -299,7 +299,7 @@ def _download(target: _Target, filename: str, revision: str | None, token, force
 
 
 def _failure_message(target: _Target, error: Exception, filename: str | None = None) -> str:
-    """Build the message for a failed Hub request: what failed, on which repo, and what to do."""
+    """Build the message for a failed Hub request, naming the repo, the failure and the fix."""
     what = f"'{filename}' of {target}" if filename else f"the checkpoint {target}"
     status = getattr(getattr(error, "response", None), "status_code", None)
     server_message = getattr(error, "server_message", None) or ""
@@ -496,7 +496,7 @@ def render_model_card(model: MRM, card_info: Mapping) -> str:
         sections.append(
             "## Usage\n\n```python\nfrom mrm.hub import load_checkpoint\n\n"
             f'model = load_checkpoint("{repo_id}")\n```\n\n'
-            "The head scores embeddings from the encoder named above; embeddings from another "
+            "The head scores embeddings from the encoder named above. Embeddings from another "
             "encoder give meaningless rewards."
         )
 

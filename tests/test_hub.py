@@ -24,6 +24,10 @@ import httpx2
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub._tree_cache import (  # private module in huggingface_hub 2.4, writes the listing it caches
+    TreeCacheEntry,
+    write_tree_cache,
+)
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.hf_api import CommitInfo
 
@@ -257,6 +261,32 @@ def test_resolve_explicit_cache_dir(offline_cache, tmp_path):
     add_cached_commit(other_cache, "org/reddit150", COMMIT_NEW, {PT_NAME: published_pt_bytes(tiny_model(0))})
     path = resolve_checkpoint("org/reddit150", cache_dir=other_cache)
     assert path.is_relative_to(other_cache)
+
+
+def test_resolve_checkpoint_in_subfolder(offline_cache, tmp_path):
+    files = {f"weights/{name}": data for name, data in safetensors_files(tiny_model(1), tmp_path).items()}
+    add_cached_commit(offline_cache, "org/nested", COMMIT_NEW, files)
+    path = resolve_checkpoint("org/nested")
+    assert path == offline_cache / "models--org--nested" / "snapshots" / COMMIT_NEW / "weights" / "model.safetensors"
+
+
+def test_resolve_uses_cached_tree_listing(offline_cache, tmp_path):
+    """The commit's cached listing names config.json, but only the weights were downloaded."""
+    model = tiny_model(1)
+    files = safetensors_files(model, tmp_path)
+    add_cached_commit(offline_cache, "org/partial", COMMIT_NEW, {"model.safetensors": files["model.safetensors"]})
+    entries = {name: TreeCacheEntry(size=len(data), blob_id="0" * 40) for name, data in files.items()}
+    write_tree_cache(str(offline_cache / "models--org--partial"), COMMIT_NEW, entries)
+    assert weights_equal(load_checkpoint("org/partial"), model)
+
+
+def test_resolve_missing_config_logs_warning(offline_cache, tmp_path, caplog):
+    files = safetensors_files(tiny_model(1), tmp_path)
+    add_cached_commit(offline_cache, "org/partial", COMMIT_NEW, {"model.safetensors": files["model.safetensors"]})
+    entries = {name: TreeCacheEntry(size=len(data), blob_id="0" * 40) for name, data in files.items()}
+    write_tree_cache(str(offline_cache / "models--org--partial"), COMMIT_NEW, entries)
+    resolve_checkpoint("org/partial")
+    assert "without its config.json" in caplog.text
 
 
 def test_from_pretrained_cached_safetensors_repo(offline_cache, tmp_path):

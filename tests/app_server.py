@@ -14,6 +14,7 @@ demo encoder's width is built into a temporary folder and passed with
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -45,14 +46,22 @@ def demo_checkpoint_exists() -> bool:
     return any(p.suffix in {".safetensors", ".pt", ".pth", ".bin"} for p in DEMO_CHECKPOINT_DIR.iterdir())
 
 
+@functools.cache
+def demo_encoder_width() -> int:
+    """Return the embedding width of the demo encoder (loads it once per process)."""
+    from mrm.encoders import DEMO_ENCODER, load_encoder
+
+    return load_encoder(DEMO_ENCODER).hidden_size
+
+
 def build_stand_in_checkpoint(directory: Path, num_bases: int = 2, seed: int = 0) -> Path:
     """Save a random MRM head with the demo encoder's width into `directory`."""
     import torch
 
-    from mrm.encoders import DEMO_ENCODER, load_encoder
+    from mrm.encoders import DEMO_ENCODER
     from mrm.model import MRM, save_mrm
 
-    width = load_encoder(DEMO_ENCODER).hidden_size
+    width = demo_encoder_width()
     torch.manual_seed(seed)
     model = MRM(in_dim=width, hidden_layers=(num_bases,))
     with torch.no_grad():

@@ -113,10 +113,10 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
             clear_button = gr.Button("Clear all", variant="stop", scale=1)
         with gr.Row():
             upload = gr.File(label="Upload labelled pairs (CSV or JSONL with prompt, chosen, rejected)",
-                             file_types=[".csv", ".jsonl", ".json", ".tsv", ".txt"], type="filepath",
+                             file_types=[".csv", ".jsonl", ".json", ".tsv", ".txt"], type="filepath", height=140,
                              elem_id="mrm-upload")
             download_button = gr.Button("Download labels (CSV)", elem_id="mrm-download")
-            download_file = gr.File(label="Labels CSV", interactive=False)
+            download_file = gr.File(label="Labels CSV", interactive=False, height=140)
 
     # ------------------------------------------------------------------ 2. adapt
     gr.Markdown("### 2. Adapt\nFits the K mixture logits to your labels with Adam; "

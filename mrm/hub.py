@@ -260,9 +260,7 @@ def _list_cached_files(target: _Target) -> list[str] | None:
     # Otherwise list what the cached snapshot folder holds.
     try:
         folder = Path(
-            snapshot_download(
-                target.repo_id, revision=target.revision, cache_dir=target.cache_dir, local_files_only=True
-            )
+            snapshot_download(target.repo_id, revision=target.revision, cache_dir=target.cache_dir, local_files_only=True)
         )
     except (LocalEntryNotFoundError, OSError):
         return None
@@ -307,8 +305,7 @@ def _failure_message(target: _Target, error: Exception, filename: str | None = N
     if isinstance(error, RevisionNotFoundError):
         return (
             f"Could not load {what}: the repo has no revision '{target.revision}'. "
-            "Pass an existing branch, tag or commit hash, or leave the revision out to use 'main'. "
-            + target.alternatives
+            "Pass an existing branch, tag or commit hash, or leave the revision out to use 'main'. " + target.alternatives
         )
     if isinstance(error, GatedRepoError):
         return (
@@ -319,8 +316,7 @@ def _failure_message(target: _Target, error: Exception, filename: str | None = N
     if status == 401 and "invalid credentials" in server_message.lower():
         return (
             f"Could not load {what}: the Hub rejected the token as invalid. "
-            "Set HF_TOKEN to a valid read token (or run `hf auth login`), or unset it for public repos. "
-            + target.alternatives
+            "Set HF_TOKEN to a valid read token (or run `hf auth login`), or unset it for public repos. " + target.alternatives
         )
     if isinstance(error, RepositoryNotFoundError):
         return (
@@ -330,10 +326,7 @@ def _failure_message(target: _Target, error: Exception, filename: str | None = N
             "access to it. " + target.alternatives
         )
     if isinstance(error, EntryNotFoundError):
-        return (
-            f"Could not load {what}: the file is listed in the repo but was not found on the Hub. "
-            + target.alternatives
-        )
+        return f"Could not load {what}: the file is listed in the repo but was not found on the Hub. " + target.alternatives
     if isinstance(error, HfHubHTTPError):
         return (
             f"Could not load {what}: the Hub answered HTTP {status} and the files are not in the local Hub cache "

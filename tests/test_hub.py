@@ -515,9 +515,7 @@ def unreachable_endpoint(hub_cache, monkeypatch) -> str:
     return endpoint
 
 
-@pytest.mark.parametrize(
-    "expected", ["could not be reached", "'org/online'", "hf download org/online", "app.py --offline"]
-)
+@pytest.mark.parametrize("expected", ["could not be reached", "'org/online'", "hf download org/online", "app.py --offline"])
 def test_unreachable_hub_message(unreachable_endpoint, expected):
     with pytest.raises(HubError) as caught:
         resolve_checkpoint("org/online")

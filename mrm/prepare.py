@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -266,8 +267,10 @@ def embed_shards(
     """
     mine = chunks_for_process(num_chunks(len(conversations), chunk_size), process_index, num_processes)
     todo = [chunk for chunk in mine if not chunk_path(shard_dir, chunk).is_file()]
-    if len(todo) < len(mine):
-        logger.info("process %d: %d of its %d chunks are already embedded", process_index, len(mine) - len(todo), len(mine))
+    logger.info(
+        "process %d of %d: %d chunks to embed, %d already on disk",
+        process_index, num_processes, len(todo), len(mine) - len(todo),
+    )
 
     total = sum(min(len(conversations), (c + 1) * chunk_size) - c * chunk_size for c in todo)
     bar = tqdm(total=total, desc="embedding", unit="conv", disable=not progress)
@@ -357,7 +360,11 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
     from accelerate import PartialState
 
     check_config(config)
-    state = PartialState()
+
+    # accelerate sets up gloo for a multi-process launch on a machine without
+    # CUDA only when asked to run on the CPU.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=True) if launched and not torch.cuda.is_available() else PartialState()
 
     # Read the dataset; the main process goes first so that Hub downloads happen once.
     with state.main_process_first():

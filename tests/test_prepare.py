@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -464,3 +467,22 @@ def test_embed_tiny_model_matches_direct_encoding(tmp_path, tiny_reward_model):
     direct = load_encoder(str(tiny_reward_model)).encode([entry["prompt"]], [entry["rejected"]])
     assert torch.allclose(data.embeddings[entry["rejected_idx"]], direct.embeddings[0], atol=1e-5)
     assert entry["rejected_model_score"] == pytest.approx(direct.scores[0].item(), abs=1e-5)
+
+
+def test_embed_two_cpu_processes_under_torchrun(tmp_path, tiny_reward_model):
+    # A real two-process launch: gloo on the CPU, each process embedding every other chunk.
+    repo_root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo_root), OMP_NUM_THREADS="1")
+    common = ["prism", "--data_dir", str(PRISM_DIR), "--encoder", str(tiny_reward_model), "--chunk_size", "4"]
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "mrm", "embed",
+         *common, "--out", str(tmp_path / "two")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "process 1 of 2: 4 chunks to embed" in launched.stderr
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    two = read_embedding_files(tmp_path / "two.pt", tmp_path / "two.json")
+    one = read_embedding_files(tmp_path / "one.pt", tmp_path / "one.json")
+    assert torch.allclose(two.embeddings, one.embeddings, atol=1e-5)
+    assert two.users == one.users

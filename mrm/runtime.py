@@ -251,7 +251,7 @@ def load_checkpoint_for(mode: ModeChoice) -> MRM:
         return load_mrm(path, device="cpu")
     if mode.checkpoint == DEMO_CHECKPOINT:
         raise RuntimeConfigError(
-            f"the demo checkpoint is missing at {path}; build it with `python -m mrm demo` "
+            f"the demo checkpoint is missing at {path}; build it with `python -m mrm demo build` "
             "or pass another one with --checkpoint"
         )
     from mrm.hub import load_checkpoint

@@ -114,6 +114,8 @@ def resolve_checkpoint(
             "Unset HF_HUB_OFFLINE and connect to the network, or drop force_download to use the cached files."
         )
 
+    # NOTE: the file names in the published repos are not known here. A repo
+    # with more than one .pt/.pth/.bin file (and no .safetensors) is rejected.
     file_names = _list_repo_files(target, token=token, offline=offline)
     try:
         filename = find_checkpoint_file(file_names, f"Hub repo {target}").as_posix()
@@ -183,7 +185,9 @@ def parse_repo_id(text: str, revision: str | None = None) -> tuple[str, str | No
 
 def is_offline() -> bool:
     """Return True when Hub offline mode is on in `huggingface_hub` or in the current environment."""
-    from_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    # Same variables and values as huggingface_hub.constants reads at import time.
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    from_env = value.strip().upper() in {"1", "ON", "YES", "TRUE"}
     return constants.is_offline_mode() or from_env
 
 

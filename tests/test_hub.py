@@ -244,6 +244,15 @@ def test_offline_env_after_import(offline_cache, fake_hub, monkeypatch):
     assert fake_hub.requests == []
 
 
+def test_transformers_offline_env_after_import(offline_cache, fake_hub, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    add_cached_commit(offline_cache, "org/reddit150", COMMIT_NEW, {PT_NAME: published_pt_bytes(tiny_model(0))})
+    load_checkpoint("org/reddit150")
+    assert fake_hub.requests == []
+
+
 def test_load_cached_safetensors_repo_offline(offline_cache, tmp_path):
     model = tiny_model(1)
     add_cached_commit(offline_cache, "org/new-head", COMMIT_NEW, safetensors_files(model, tmp_path))

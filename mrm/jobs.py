@@ -730,6 +730,11 @@ def download_hub_dataset(
         OfflineModeIsEnabled,
     )
 
+    try:
+        from httpx2 import TransportError  # the HTTP client of huggingface_hub 2.x
+    except ImportError:
+        TransportError = ConnectionError
+
     repo_id = (repo_id or "").strip()
     if not repo_id:
         raise JobInputError("no Hub dataset repo id given: enter one such as my-org/reddit-embeddings")
@@ -744,7 +749,7 @@ def download_hub_dataset(
         )
     except HFValidationError as error:
         raise JobInputError(f"invalid Hub dataset repo id {repo_id!r}: {error}") from error
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, TransportError) as error:
         raise JobInputError(
             f"could not download the dataset {repo_id} from the Hugging Face Hub: the Hub is not reachable "
             "(offline mode or no network) and the dataset is not in the local Hub cache. "
@@ -866,3 +871,43 @@ def zip_checkpoint(best_dir: Path, out_dir: str | os.PathLike) -> Path:
     best_dir = Path(best_dir)
     base = Path(out_dir) / f"{best_dir.parent.name}-best"
     return Path(shutil.make_archive(str(base), "zip", root_dir=best_dir))
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """Return every `TrainConfig` setting except paths, with preset `name` laid over the defaults."""
+    import dataclasses
+
+    from mrm.meta_train import TrainConfig
+
+    presets = training_presets()
+    if name not in presets:
+        raise JobInputError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    defaults = {
+        spec.name: getattr(TrainConfig(), spec.name)
+        for spec in dataclasses.fields(TrainConfig)
+        if spec.name not in ("embed_pt", "meta_json", "ckpt", "output_path")
+    }
+    return {**defaults, **presets[name]}
+
+
+def check_train_settings(flags: Mapping[str, Any]) -> None:
+    """Raise JobInputError when `TrainConfig` rejects the settings, before any process starts."""
+    from mrm.meta_train import TrainConfig
+
+    try:
+        TrainConfig(**{"embed_pt": "-", "meta_json": "-", **flags}).validate()
+    except (TypeError, ValueError) as error:
+        raise JobInputError(str(error)) from error
+
+
+_MANAGERS: dict[Path, JobManager] = {}
+_MANAGERS_LOCK = threading.Lock()
+
+
+def shared_manager(runs_dir: str | os.PathLike | None = None) -> JobManager:
+    """Return this process's manager for `runs_dir`, so that every caller sees the same running job."""
+    path = Path(runs_dir if runs_dir is not None else default_runs_dir()).resolve()
+    with _MANAGERS_LOCK:
+        if path not in _MANAGERS:
+            _MANAGERS[path] = JobManager(path)
+        return _MANAGERS[path]

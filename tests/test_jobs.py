@@ -42,7 +42,7 @@ STAND_IN_TRAINER = textwrap.dedent(
     parser.add_argument("--exit_code", type=int, default=0)
     parser.add_argument("--spawn_child", action="store_true")
     parser.add_argument("--output_path", required=True)
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()
     run = Path(args.output_path)
 
     def write(name, obj):

@@ -55,7 +55,9 @@ class PreparedDataset:
         name: "reddit", "prism" or "pairs".
         users: `{user_id: [entry, ...]}`; each entry has `chosen_idx` and
             `rejected_idx` (positions in `conversations`), `split` ("train" or
-            "val"), `prompt`, `chosen`, `rejected`, and dataset-specific keys.
+            "val"), `prompt`, `chosen` and `rejected`. Reddit entries add
+            `post_id`. PRISM entries add `conversation_id` and the human
+            ratings `chosen_score` and `rejected_score`.
         conversations: unique (prompt, response) pairs in order of first use. A
             prompt is a string, or for multi-turn PRISM prompts a list of
             `{"role", "content"}` messages ending with the user's message.
@@ -118,15 +120,26 @@ def download_reddit(revision: str | None = None, cache_dir: str | os.PathLike | 
     Honours `HF_HUB_OFFLINE=1` by reading the local Hub cache only.
     """
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    folder = snapshot_download(
-        REDDIT_REPO,
-        repo_type="dataset",
-        revision=revision or REDDIT_PARQUET_REVISION,
-        allow_patterns=["comparisons/*"],
-        cache_dir=cache_dir,
-    )
+    try:
+        folder = snapshot_download(
+            REDDIT_REPO,
+            repo_type="dataset",
+            revision=revision or REDDIT_PARQUET_REVISION,
+            allow_patterns=["comparisons/*"],
+            cache_dir=cache_dir,
+        )
+    except (OSError, HfHubHTTPError) as error:
+        raise DatasetError(_download_hint(REDDIT_REPO, error)) from error
     return Path(folder)
+
+
+def _download_hint(repo_id: str, error: Exception) -> str:
+    return (
+        f"could not download the dataset {repo_id} from the Hugging Face Hub ({type(error).__name__}: {error}). "
+        "Check the network and HF_TOKEN, or download the files elsewhere and pass their folder with --data_dir."
+    )
 
 
 def find_reddit_files(data_dir: str | os.PathLike) -> list[Path]:
@@ -283,11 +296,15 @@ def load_reddit(
 def download_prism(revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Download `survey.jsonl` and `conversations.jsonl` of PRISM; return their folder."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
-    paths = [
-        hf_hub_download(PRISM_REPO, name, repo_type="dataset", revision=revision, cache_dir=cache_dir)
-        for name in PRISM_FILES
-    ]
+    try:
+        paths = [
+            hf_hub_download(PRISM_REPO, name, repo_type="dataset", revision=revision, cache_dir=cache_dir)
+            for name in PRISM_FILES
+        ]
+    except (OSError, HfHubHTTPError) as error:
+        raise DatasetError(_download_hint(PRISM_REPO, error)) from error
     return Path(paths[0]).parent
 
 
@@ -472,8 +489,8 @@ def load_pairs_file(path: str | os.PathLike, max_users: int | None = None, split
     for message in result.errors:
         logger.warning("%s: %s", path, message)
     if not result.pairs:
-        shown = "; ".join(result.errors[:5]) or "no records"
-        raise DatasetError(f"no valid pairs in {path}: {shown}")
+        first_errors = "; ".join(result.errors[:5]) or "no records"
+        raise DatasetError(f"no valid pairs in {path}: {first_errors}")
 
     users: dict[str, list[dict]] = {}
     for pair in result.pairs:

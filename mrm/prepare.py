@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 DATASETS = ("reddit", "prism", "pairs")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class ShardError(RuntimeError):
@@ -102,6 +103,10 @@ class EmbedConfig:
         metadata={"help": "Delete a PREFIX.shards folder left by a run with another encoder or inputs instead of failing."},
     )
     keep_shards: bool = field(default=False, metadata={"help": "Keep PREFIX.shards after the final files are written."})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "Storage type of PREFIX.pt: float32, or bfloat16 for half the size (what a bf16 model outputs)."},
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +144,8 @@ def check_config(config: EmbedConfig) -> None:
             raise ValueError(f"--{name} must be at least 1, got {getattr(config, name)}")
     if config.max_users is not None and config.max_users < 1:
         raise ValueError(f"--max_users must be at least 1, got {config.max_users}")
+    if config.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {config.dtype!r}")
     if config.pairs_split not in ("train", "val"):
         raise ValueError(f"--pairs_split must be train or val, got {config.pairs_split!r}")
 
@@ -295,12 +302,20 @@ def embed_shards(
     return done
 
 
-def merge_shards(shard_dir: Path, num_conversations: int, chunk_size: int) -> tuple[Tensor, Tensor | None, int]:
-    """Concatenate all chunks in order; return (embeddings [N, H], scores [N] or None, truncated count).
+def merge_shards(
+    shard_dir: Path, num_conversations: int, chunk_size: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor | None, int]:
+    """Join all chunks in order; return (embeddings [N, H] in `dtype`, scores [N] or None, truncated count).
 
-    Raises `ShardError` naming the first missing or inconsistent chunk.
+    The output tensor is allocated once and filled chunk by chunk, so peak
+    memory is the output plus one chunk. Raises `ShardError` naming the first
+    missing or inconsistent chunk.
     """
-    embeddings, scores, truncated = [], [], 0
+    if num_conversations < 1:
+        raise ShardError(f"nothing to merge in {shard_dir}: the dataset has no conversations")
+    merged: Tensor | None = None
+    scores: Tensor | None = torch.zeros(num_conversations)  # [N]
+    truncated = 0
     for chunk in range(num_chunks(num_conversations, chunk_size)):
         path = chunk_path(shard_dir, chunk)
         if not path.is_file():
@@ -313,12 +328,20 @@ def merge_shards(shard_dir: Path, num_conversations: int, chunk_size: int) -> tu
                 f"{path} covers conversations {record['start']}..{record['stop']} with {rows} rows; "
                 f"expected {expected[0]}..{expected[1]}. Delete {shard_dir} and rerun."
             )
-        embeddings.append(record["embeddings"])
-        scores.append(record["scores"])
+        if merged is None:
+            merged = torch.empty(num_conversations, record["embeddings"].shape[1], dtype=dtype)  # [N, H]
+        if record["embeddings"].shape[1] != merged.shape[1]:
+            raise ShardError(
+                f"{path} has embeddings of width {record['embeddings'].shape[1]}, earlier chunks {merged.shape[1]}. "
+                f"Delete {shard_dir} and rerun."
+            )
+        merged[expected[0] : expected[1]] = record["embeddings"].to(dtype)
+        if record["scores"] is None:
+            scores = None
+        elif scores is not None:
+            scores[expected[0] : expected[1]] = record["scores"]
         truncated += record["num_truncated"]
-    merged = torch.cat(embeddings) if embeddings else torch.zeros(0, 0)  # [N, H]
-    merged_scores = None if any(s is None for s in scores) or not scores else torch.cat(scores)  # [N]
-    return merged, merged_scores, truncated
+    return merged, scores, truncated
 
 
 def attach_model_scores(users: dict[str, list[dict]], scores: Tensor | None) -> dict[str, list[dict]]:
@@ -402,7 +425,9 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
         return None
 
     # Merge and write the final files.
-    embeddings, scores, num_truncated = merge_shards(shard_dir, len(conversations), config.chunk_size)
+    embeddings, scores, num_truncated = merge_shards(
+        shard_dir, len(conversations), config.chunk_size, STORAGE_DTYPES[config.dtype]
+    )
     if num_truncated:
         logger.warning("%d conversations were truncated to the encoder's maximum length", num_truncated)
     users = attach_model_scores(dataset.users, scores)

@@ -74,11 +74,6 @@ class HashEncoder:
         return EncodedBatch(embeddings=embeddings, scores=embeddings.sum(dim=1), num_truncated=0)
 
 
-def copy_fixture(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -482,7 +477,45 @@ def test_embed_two_cpu_processes_under_torchrun(tmp_path, tiny_reward_model):
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "process 1 of 2: 4 chunks to embed" in launched.stderr
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
-    two = read_embedding_files(tmp_path / "two.pt", tmp_path / "two.json")
-    one = read_embedding_files(tmp_path / "one.pt", tmp_path / "one.json")
-    assert torch.allclose(two.embeddings, one.embeddings, atol=1e-5)
-    assert two.users == one.users
+    two_processes = read_embedding_files(tmp_path / "two.pt", tmp_path / "two.json")
+    one_process = read_embedding_files(tmp_path / "one.pt", tmp_path / "one.json")
+    assert torch.allclose(two_processes.embeddings, one_process.embeddings, atol=1e-5)
+    assert two_processes.users == one_process.users
+
+
+def test_reddit_offline_without_cache_is_an_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DatasetError, match="pass their folder with --data_dir"):
+        load_reddit(cache_dir=tmp_path)
+
+
+def test_prism_offline_without_cache_is_an_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DatasetError, match="could not download the dataset HannahRoseKirk/prism-alignment"):
+        load_prism(cache_dir=tmp_path)
+
+
+def test_embed_bfloat16_storage(tmp_path):
+    encoder = HashEncoder()
+    result = run_embed(make_config(tmp_path, dtype="bfloat16"), encoder=encoder)
+    data = read_embedding_files(result.pt_path, result.json_path)
+    entry = data.users["w_beta"][0]
+    assert data.embeddings.dtype == torch.bfloat16
+    assert torch.equal(data.embeddings[entry["chosen_idx"]], encoder.vector(entry["prompt"], entry["chosen"]).bfloat16())
+
+
+def test_merge_shards_without_scores(tmp_path):
+    class NoScoreEncoder(HashEncoder):
+        def encode(self, prompts, responses, batch_size=16, progress=False):
+            batch = super().encode(prompts, responses, batch_size, progress)
+            return EncodedBatch(batch.embeddings, None, 0)
+
+    conversations = [("p", f"r{i}") for i in range(5)]
+    embed_shards(conversations, NoScoreEncoder(), tmp_path, chunk_size=2)
+    embeddings, scores, _ = merge_shards(tmp_path, len(conversations), 2)
+    assert embeddings.shape == (5, 8)
+    assert scores is None

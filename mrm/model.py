@@ -111,14 +111,17 @@ class MRM(
         save_model(self, str(Path(save_directory) / WEIGHTS_NAME))
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
-                         local_files_only=False, token=None, map_location: str = "cpu", strict: bool = True,
-                         **model_kwargs):
-        # Route every load through `load_mrm`: strict, with readable key errors,
-        # and able to read the published `.pt` format as well.
+    def from_pretrained(cls, pretrained_model_name_or_path, *, force_download: bool = False, token=None,
+                        cache_dir=None, local_files_only: bool = False, revision: str | None = None,
+                        map_location: str = "cpu", **unused) -> MRM:
+        """Load from a local file or folder, or a Hub repo id (`org/name` or `org/name@revision`).
+
+        Overrides the mixin's version, which requires a `config.json` that the
+        published `.pt` repos do not have; every load goes through `load_mrm`.
+        """
         from mrm.hub import resolve_checkpoint
 
-        path = resolve_checkpoint(model_id, revision=revision, cache_dir=cache_dir, token=token,
+        path = resolve_checkpoint(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir, token=token,
                                   force_download=force_download, local_files_only=local_files_only)
         return load_mrm(path, device=map_location)
 

@@ -28,7 +28,7 @@ from huggingface_hub._tree_cache import (  # private module in huggingface_hub 2
     TreeCacheEntry,
     write_tree_cache,
 )
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.hf_api import CommitInfo
 
 from mrm.evaluate import summarize
@@ -304,12 +304,6 @@ def test_from_pretrained_cached_safetensors_repo(offline_cache, tmp_path):
     assert weights_equal(MRM.from_pretrained("org/new-head"), model)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=LocalEntryNotFoundError,
-    reason="PyTorchModelHubMixin.from_pretrained fetches config.json before calling _from_pretrained, "
-    "and offline that raises LocalEntryNotFoundError for repos without one",
-)
 def test_from_pretrained_cached_pt_repo(offline_cache):
     model = tiny_model(0)
     add_cached_commit(offline_cache, "org/reddit150", COMMIT_NEW, {PT_NAME: published_pt_bytes(model)})

@@ -77,7 +77,14 @@ def check_pair(prompt: Any, chosen: Any, rejected: Any) -> dict[str, str]:
 
 
 def format_post(post: Any) -> str:
-    """Render a corpus post (with `.title` and `.post`) as the prompt text passed to the encoder."""
+    """Render a corpus post as the prompt text passed to the encoder.
+
+    Uses the post's own `.prompt` (the text the demo checkpoint was trained on)
+    when it has one, else its `.title` and `.post`.
+    """
+    prompt = getattr(post, "prompt", None)
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt.strip()
     title = (getattr(post, "title", "") or "").strip()
     body = (getattr(post, "post", "") or "").strip()
     return f"{title}\n\n{body}" if title else body

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from mrm.runtime import (
     parse_app_args,
 )
 from mrm.ui.personalize import SHORTCUTS_JS, build_personalize_tab
+from mrm.ui.train_tab import build_train_tab
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +42,6 @@ def header_markdown(runtime: Runtime) -> str:
     )
 
 
-def _build_train_tab(runtime: Runtime) -> None:
-    try:
-        from mrm.ui.train_tab import build_train_tab
-    except ImportError as error:
-        logger.warning("train tab not available: %s", error)
-        gr.Markdown("Training is not available in this build: `mrm.ui.train_tab` could not be imported "
-                    f"({error}). Run `python -m mrm train --help` instead.")
-        return
-    if inspect.signature(build_train_tab).parameters:
-        build_train_tab(runtime)
-    else:
-        build_train_tab()
-
-
 def build_app(runtime: Runtime) -> gr.Blocks:
     """Build the whole app for a loaded `runtime`; theme, CSS and JS go to `launch` (see `launch_options`)."""
     with gr.Blocks(title="MRM: personalised reward modeling", analytics_enabled=False,
@@ -64,15 +50,15 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Personalize", id="personalize"):
                 build_personalize_tab(runtime, demo)
-            with gr.Tab("Train", id="train"):
-                _build_train_tab(runtime)
+            with gr.Tab("Train & evaluate", id="train"):
+                build_train_tab(runtime, demo)
     return demo
 
 
 def launch_options() -> dict:
     """Keyword arguments for `Blocks.launch` that set the look and keep the page free of external requests."""
     return {"theme": THEME, "css_paths": [CSS_PATH], "js": SHORTCUTS_JS, "share": False,
-            "footer_links": ["api", "settings"]}
+            "footer_links": ["api", "settings"], "max_file_size": "20mb"}
 
 
 def run_app(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 import tempfile
 import uuid
@@ -79,7 +80,9 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
     # ------------------------------------------------------------------ state
     labels_state = gr.State([])
     logits_state = gr.State(None)
-    browser_labels = gr.BrowserState([], storage_key="mrm-labels")
+    # BrowserState encrypts with a per-process random secret unless MRM_BROWSER_STATE_SECRET is set,
+    # so without it stored labels survive page reloads but not a server restart.
+    browser_labels = gr.BrowserState([], storage_key="mrm-labels", secret=os.environ.get("MRM_BROWSER_STATE_SECRET"))
 
     # ------------------------------------------------------------------ 1. label
     gr.Markdown("### 1. Label pairs\nWhich summary of the post do you prefer? "

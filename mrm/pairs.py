@@ -41,6 +41,9 @@ REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 OPTIONAL_COLUMNS = ("user_id",)
 PAIR_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 MAX_REPORTED_ERRORS = 200
+# Python's csv module rejects fields over 128 KiB by default; long prompts
+# (a whole conversation or article) can exceed that.
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _CSV_DELIMITERS = (",", ";", "\t")
 
 
@@ -237,6 +240,7 @@ def _pick_delimiter(header_line: str, name: str) -> str:
 
 
 def _read_csv(text: str, result: PairsReadResult, errors: _ErrorList, name: str) -> None:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     header_line = text.lstrip("\r\n").splitlines()[0]
     delimiter = _pick_delimiter(header_line, name)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -197,3 +198,15 @@ def test_jsonl_text_has_one_object_per_pair():
     pairs = [{"prompt": "p", "chosen": "a", "rejected": "b", "user_id": "u"}, {"prompt": "q", "chosen": "c", "rejected": "d"}]
     lines = pairs_to_jsonl_text(pairs).splitlines()
     assert [json.loads(line) for line in lines] == pairs
+
+
+def test_read_csv_long_field():
+    long_prompt = "word " * 60_000  # 300 000 characters, over the csv module's default limit
+    text = pairs_to_csv_text([{"prompt": long_prompt, "chosen": "a", "rejected": "b"}])
+    previous_limit = csv.field_size_limit(131072)  # the default, in case an earlier read raised it
+    try:
+        result = read_pairs(text.encode(), "pairs.csv")
+    finally:
+        csv.field_size_limit(previous_limit)
+    assert result.errors == []
+    assert result.pairs[0]["prompt"] == long_prompt

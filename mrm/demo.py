@@ -1,0 +1,687 @@
+"""The offline demo bundle: an example corpus, simulated annotators and a demo checkpoint.
+
+`examples/demo_corpus.jsonl` contains short Reddit-style posts written for this
+project, each with several faithful TL;DR summaries that differ in four style
+attributes (see `ATTRIBUTES`; `examples/ATTRIBUTES.md` defines them). A
+simulated population of annotators labels pairs of summaries of the same
+post: each annotator weighs the attributes differently, and a label is drawn
+from a Bradley-Terry model on the attribute difference. The labels depend only
+on the recorded attribute values, never on an encoder.
+
+`python -m mrm demo build` embeds the corpus with the demo encoder, writes the
+labelled pairs as embedding files, meta-trains MRM on them with
+`mrm.meta_train`, and writes the checkpoint and its card into `assets/demo/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from mrm.fileio import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from mrm.model import MRM
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / "assets" / "demo"
+CORPUS_PATH = REPO_ROOT / "examples" / "demo_corpus.jsonl"
+PREFS_NAME = "demo_prefs"
+
+# Each attribute is 0 or 1 per summary; 1 is the second value named here.
+ATTRIBUTES = ("length", "specificity", "tone", "hedging")
+ATTRIBUTE_VALUES = {
+    "length": ("short", "long"),
+    "specificity": ("vague", "specific"),
+    "tone": ("neutral", "casual"),
+    "hedging": ("confident", "hedged"),
+}
+
+# Preference archetypes: a weight per attribute, in the order of ATTRIBUTES.
+# A positive weight prefers the attribute's value 1 (long, specific, casual, hedged).
+ARCHETYPES: dict[str, tuple[float, float, float, float]] = {
+    "brief": (-1.5, 0.0, -0.3, -1.0),  # short and confident
+    "thorough": (1.2, 1.5, -0.3, 0.0),  # long and specific
+    "casual": (-0.4, 0.0, 1.5, 0.3),  # casual, emotional tone
+    "careful": (0.3, 0.6, -1.2, 1.2),  # neutral and hedged
+}
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One candidate TL;DR and its style attribute values (0 or 1 each)."""
+
+    text: str
+    attributes: dict[str, int]
+
+    def vector(self) -> Tensor:
+        """Return the attribute values as a float tensor `[len(ATTRIBUTES)]`."""
+        return torch.tensor([float(self.attributes[name]) for name in ATTRIBUTES])
+
+
+@dataclass(frozen=True)
+class Post:
+    """A Reddit-style post with its candidate summaries."""
+
+    post_id: str
+    subreddit: str
+    title: str
+    post: str
+    summaries: tuple[Summary, ...]
+
+    @property
+    def prompt(self) -> str:
+        """The post formatted as the embedding prompt; pairs labelled in the app must be embedded with this same prompt."""
+        return f"SUBREDDIT: r/{self.subreddit}\nTITLE: {self.title}\nPOST: {self.post}"
+
+
+class SampledPair(NamedTuple):
+    """A post and two different summaries of it, in random order."""
+
+    post: Post
+    first: Summary
+    second: Summary
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be used as it is."""
+
+
+def load_corpus(path: str | Path | None = None) -> list[Post]:
+    """Read and validate a corpus JSONL file (default: `examples/demo_corpus.jsonl`).
+
+    Raises `CorpusError` naming the file and line for a malformed record, a
+    post with fewer than two summaries, a missing or non-binary attribute, or
+    a duplicate post id.
+    """
+    path = Path(path) if path is not None else CORPUS_PATH
+    if not path.is_file():
+        raise CorpusError(f"corpus file not found: {path}")
+    posts: list[Post] = []
+    seen_ids: set[str] = set()
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CorpusError(f"{where} is not valid JSON: {error}") from error
+        post = _parse_post(record, where)
+        if post.post_id in seen_ids:
+            raise CorpusError(f"{where}: duplicate post_id {post.post_id!r}; every post needs its own id")
+        seen_ids.add(post.post_id)
+        posts.append(post)
+    if not posts:
+        raise CorpusError(f"corpus file {path} contains no posts")
+    return posts
+
+
+def _parse_post(record: object, where: str) -> Post:
+    if not isinstance(record, dict):
+        raise CorpusError(f"{where}: expected a JSON object, found {type(record).__name__}")
+    missing = [key for key in ("post_id", "subreddit", "title", "post", "summaries") if key not in record]
+    if missing:
+        raise CorpusError(f"{where}: missing keys {missing}")
+    raw_summaries = record["summaries"]
+    if not isinstance(raw_summaries, list) or len(raw_summaries) < 2:
+        raise CorpusError(f"{where}: post {record['post_id']!r} needs a list of at least two summaries")
+
+    summaries = []
+    for position, raw in enumerate(raw_summaries):
+        attributes = raw.get("attributes") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict) or not isinstance(raw.get("text"), str) or not isinstance(attributes, dict):
+            raise CorpusError(f"{where}: summary {position} needs a 'text' string and an 'attributes' object")
+        bad = {name: attributes.get(name) for name in ATTRIBUTES if attributes.get(name) not in (0, 1)}
+        if bad:
+            raise CorpusError(
+                f"{where}: summary {position} has missing or non-binary attributes {bad}; each of {ATTRIBUTES} must be 0 or 1"
+            )
+        summaries.append(Summary(text=raw["text"], attributes={name: int(attributes[name]) for name in ATTRIBUTES}))
+    return Post(
+        post_id=str(record["post_id"]),
+        subreddit=str(record["subreddit"]),
+        title=str(record["title"]),
+        post=str(record["post"]),
+        summaries=tuple(summaries),
+    )
+
+
+def sample_pair(rng: random.Random | int | None = None, posts: Sequence[Post] | None = None) -> SampledPair:
+    """Draw a post and two different summaries of it (default corpus: `load_corpus()`).
+
+    `rng` is a `random.Random` or a seed; None draws from a fresh unseeded generator.
+    """
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    posts = load_corpus() if posts is None else posts
+    if not posts:
+        raise ValueError("no posts to sample from")
+    post = rng.choice(list(posts))
+    first, second = rng.sample(range(len(post.summaries)), 2)
+    return SampledPair(post, post.summaries[first], post.summaries[second])
+
+
+def summary_rows(posts: Sequence[Post]) -> list[tuple[Post, Summary]]:
+    """List every (post, summary) in corpus order; position i is row i of the embedding tensor."""
+    return [(post, summary) for post in posts for summary in post.summaries]
+
+
+# ----------------------------------------------------------------------------- simulated annotators
+
+
+@dataclass
+class PopulationConfig:
+    """Settings of the simulated annotator population and of the pairs each annotator labels."""
+
+    num_annotators: int = field(default=80, metadata={"help": "number of simulated annotators"})
+    train_pairs: int = field(default=30, metadata={"help": "labelled training pairs per annotator"})
+    val_pairs: int = field(default=15, metadata={"help": "labelled test ('val') pairs per annotator"})
+    val_post_fraction: float = field(
+        default=1 / 3, metadata={"help": "share of posts held out per annotator for test pairs; training pairs never use them"}
+    )
+    beta: float = field(default=3.0, metadata={"help": "Bradley-Terry rationality: larger means less label noise"})
+    weight_noise: float = field(default=0.4, metadata={"help": "std of the Gaussian noise added to each archetype weight"})
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """A simulated annotator: an id, the archetype drawn, and one weight per attribute."""
+
+    annotator_id: str
+    archetype: str
+    weights: tuple[float, ...]
+
+    def weight_tensor(self) -> Tensor:
+        return torch.tensor(self.weights, dtype=torch.float64)
+
+
+def preference_probability(weights: Tensor, attributes_a: Tensor, attributes_b: Tensor, beta: float) -> Tensor:
+    """Bradley-Terry probability that summary a is preferred: `sigmoid(beta * w . (attr_a - attr_b))`.
+
+    Shapes broadcast: `weights [..., A]`, attributes `[..., A]`; returns `[...]`.
+    """
+    margin = (weights * (attributes_a - attributes_b)).sum(dim=-1)
+    return torch.sigmoid(beta * margin)
+
+
+def make_annotators(config: PopulationConfig, seed: int) -> list[Annotator]:
+    """Draw the annotators: archetypes in turn, each weight plus Gaussian noise; deterministic for a seed."""
+    rng = random.Random(seed)
+    names = list(ARCHETYPES)
+    width = len(str(config.num_annotators - 1))
+    annotators = []
+    for index in range(config.num_annotators):
+        archetype = names[index % len(names)]
+        weights = tuple(round(w + rng.gauss(0.0, config.weight_noise), 4) for w in ARCHETYPES[archetype])
+        annotators.append(Annotator(f"annotator_{index:0{width}d}", archetype, weights))
+    return annotators
+
+
+def simulate_labels(
+    posts: Sequence[Post], annotators: Sequence[Annotator], config: PopulationConfig, seed: int
+) -> dict[str, list[dict]]:
+    """Label summary pairs for every annotator, as embedding-file metadata `{user_id: [entry, ...]}`.
+
+    Each annotator holds out `val_post_fraction` of the posts for test ("val")
+    pairs, so a test pair never shares a post with that annotator's training
+    pairs. Row indices follow `summary_rows(posts)`.
+    """
+    _check_population(posts, config)
+    row_offsets, offset = [], 0
+    for post in posts:
+        row_offsets.append(offset)
+        offset += len(post.summaries)
+
+    users: dict[str, list[dict]] = {}
+    for index, annotator in enumerate(annotators):
+        rng = random.Random(seed * 1_000_003 + index)
+        order = list(range(len(posts)))
+        rng.shuffle(order)
+        num_val_posts = max(1, round(len(posts) * config.val_post_fraction))
+        val_posts, train_posts = order[:num_val_posts], order[num_val_posts:]
+
+        entries = []
+        for split, post_indices, count in (("train", train_posts, config.train_pairs), ("val", val_posts, config.val_pairs)):
+            candidates = [(p, a, b) for p in sorted(post_indices) for a, b in _index_pairs(len(posts[p].summaries))]
+            if count > len(candidates):
+                raise ValueError(
+                    f"{count} {split} pairs requested per annotator but only {len(candidates)} distinct pairs exist "
+                    f"on {len(post_indices)} posts; lower the pair count or val_post_fraction"
+                )
+            for p, a, b in rng.sample(candidates, count):
+                entries.append(_label_pair(posts[p], row_offsets[p], a, b, annotator, config.beta, rng, split))
+        users[annotator.annotator_id] = entries
+    return users
+
+
+def _index_pairs(n: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(n) for b in range(a + 1, n)]
+
+
+def _label_pair(
+    post: Post, row_offset: int, a: int, b: int, annotator: Annotator, beta: float, rng: random.Random, split: str
+) -> dict:
+    # Show the two summaries in random order, then draw the label from Bradley-Terry.
+    if rng.random() < 0.5:
+        a, b = b, a
+    summary_a, summary_b = post.summaries[a], post.summaries[b]
+    p_a = float(preference_probability(annotator.weight_tensor(), summary_a.vector().double(), summary_b.vector().double(), beta))
+    chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
+    return {
+        "chosen_idx": row_offset + chosen,
+        "rejected_idx": row_offset + rejected,
+        "split": split,
+        "prompt": post.prompt,
+        "chosen": post.summaries[chosen].text,
+        "rejected": post.summaries[rejected].text,
+        "conversation_id": post.post_id,
+    }
+
+
+def _check_population(posts: Sequence[Post], config: PopulationConfig) -> None:
+    if config.num_annotators < 2:
+        raise ValueError(f"num_annotators={config.num_annotators}: at least two are needed for a seen/unseen split")
+    if config.train_pairs < 1 or config.val_pairs < 1:
+        raise ValueError(f"train_pairs={config.train_pairs} and val_pairs={config.val_pairs} must be at least 1")
+    if not 0 < config.val_post_fraction < 1:
+        raise ValueError(f"val_post_fraction={config.val_post_fraction} must lie strictly between 0 and 1")
+    if len(posts) < 2:
+        raise ValueError(f"the corpus contains {len(posts)} posts; at least two are needed to hold some out for test pairs")
+
+
+def noise_ceiling(
+    posts: Sequence[Post], annotators: Sequence[Annotator], users: dict[str, list[dict]], split: str = "val"
+) -> dict[str, float]:
+    """Accuracy of each annotator's own weights on their labelled pairs of `split`.
+
+    This is what a model that knew every annotator's true preference would
+    score: labels drawn against the more likely side are its only errors.
+    """
+    attributes = torch.stack([summary.vector() for _, summary in summary_rows(posts)]).double()  # (N, A)
+    accuracy = {}
+    for annotator in annotators:
+        entries = [e for e in users[annotator.annotator_id] if e["split"] == split]
+        chosen = torch.tensor([e["chosen_idx"] for e in entries])
+        rejected = torch.tensor([e["rejected_idx"] for e in entries])
+        margins = (attributes[chosen] - attributes[rejected]) @ annotator.weight_tensor()
+        accuracy[annotator.annotator_id] = float((margins > 0).double().mean())
+    return accuracy
+
+
+# A reader who prefers specific, confident summaries: the taste of examples/labelled_pairs.*.
+EXAMPLE_READER_WEIGHTS = (0.0, 1.5, 0.0, -1.0)
+
+
+def example_pairs(posts: Sequence[Post], weights: Sequence[float] = EXAMPLE_READER_WEIGHTS, num_pairs: int = 12) -> list[dict]:
+    """Label one pair on each of `num_pairs` evenly spaced posts, noise-free, in the upload format.
+
+    On each post the pair with the largest preference margin under `weights`
+    is taken (the first one on a tie), so the labels show one clear taste.
+    Returns dicts with `prompt`, `chosen` and `rejected`.
+    """
+    if not 1 <= num_pairs <= len(posts):
+        raise ValueError(f"num_pairs={num_pairs} must lie between 1 and the number of posts ({len(posts)})")
+    weight_tensor = torch.tensor(list(weights), dtype=torch.float64)
+    step = len(posts) / num_pairs
+    pairs = []
+    for position in range(num_pairs):
+        post = posts[int(position * step)]
+        scores = [float(summary.vector().double() @ weight_tensor) for summary in post.summaries]
+        a, b = max(_index_pairs(len(scores)), key=lambda ab: abs(scores[ab[0]] - scores[ab[1]]))
+        chosen, rejected = (a, b) if scores[a] > scores[b] else (b, a)
+        pairs.append({"prompt": post.prompt, "chosen": post.summaries[chosen].text, "rejected": post.summaries[rejected].text})
+    return pairs
+
+
+# ----------------------------------------------------------------------------- building the bundle
+
+
+@dataclass
+class BuildConfig:
+    """Settings of `python -m mrm demo build`; the defaults build the committed `assets/demo/` bundle."""
+
+    out: str = field(default=str(DEMO_DIR), metadata={"help": "folder to write the bundle into"})
+    corpus: str = field(default=str(CORPUS_PATH), metadata={"help": "corpus JSONL file"})
+    seed: int = field(default=0, metadata={"help": "seed of annotators, labels, user split and training"})
+    epochs: int = field(default=200, metadata={"help": "meta-training epochs"})
+    num_bases: int = field(default=4, metadata={"help": "K, the number of base rewards"})
+    inner_lr: float = field(default=0.5, metadata={"help": "Adam learning rate of the per-user adaptation"})
+    train_inner_epochs: int = field(default=5, metadata={"help": "inner Adam steps during meta-training"})
+    eval_inner_epochs: int = field(default=20, metadata={"help": "inner Adam steps when adapting to a user at evaluation"})
+    meta_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the outer update"})
+    tasks_per_batch: int = field(default=4, metadata={"help": "users per outer step"})
+    val_ratio: float = field(default=0.7, metadata={"help": "share of a user's training pairs in the query set"})
+    log_freq: int = field(default=20, metadata={"help": "evaluate every N epochs"})
+    global_head_steps: int = field(
+        default=300, metadata={"help": "full-batch Adam steps of the global Bradley-Terry baseline; 0 skips it"}
+    )
+    population: PopulationConfig = field(default_factory=PopulationConfig, metadata={"help": "simulated annotators"})
+
+
+@dataclass
+class BuildResult:
+    """The output folder of a build and the figures on its card."""
+
+    out: Path
+    card: dict
+
+
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Run single-threaded with deterministic kernels, restoring the previous settings afterwards.
+
+    One thread makes CPU reductions run in a fixed order, so the same seed
+    gives a bitwise-equal checkpoint on the same machine and torch version.
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def build_bundle(config: BuildConfig, encoder=None) -> BuildResult:
+    """Embed the corpus, simulate the labels, meta-train MRM and write the bundle into `config.out`.
+
+    `encoder` defaults to `load_encoder("demo")`; passing a loaded one saves loading it again.
+    """
+    from mrm.encoders import DEMO_ENCODER, load_encoder
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with deterministic_torch():
+        # Labels: annotators and their pairs depend only on the corpus attributes and the seed.
+        posts = load_corpus(config.corpus)
+        annotators = make_annotators(config.population, config.seed)
+        users = simulate_labels(posts, annotators, config.population, config.seed)
+
+        # Embeddings: one row per (post, summary), in corpus order.
+        encoder = encoder if encoder is not None else load_encoder(DEMO_ENCODER)
+        rows = summary_rows(posts)
+        embeddings = encoder.encode([p.prompt for p, _ in rows], [s.text for _, s in rows], batch_size=32).embeddings  # (N, H)
+        return _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
+
+
+def _train_and_write(config, out, posts, annotators, users, embeddings, encoder) -> BuildResult:
+    from mrm.data import build_user_splits, read_embedding_files, write_embedding_files
+    from mrm.meta_train import TrainConfig, meta_train
+    from mrm.model import save_mrm
+
+    pt_path, json_path = write_embedding_files(out / PREFS_NAME, embeddings, users)
+    train_config = TrainConfig(
+        embed_pt=str(pt_path),
+        meta_json=str(json_path),
+        dataset="REDDIT",
+        seen_train_limit=-1,
+        unseen_train_limit=-1,
+        hidden_layers=[config.num_bases],
+        use_bias=False,
+        inner_lr=config.inner_lr,
+        meta_lr=config.meta_lr,
+        train_inner_epochs=config.train_inner_epochs,
+        eval_inner_epochs=config.eval_inner_epochs,
+        tasks_per_batch=config.tasks_per_batch,
+        epochs=config.epochs,
+        val_ratio=config.val_ratio,
+        seed=config.seed,
+        device="cpu",
+        log_freq=config.log_freq,
+        save_freq=0,
+        select_on="val",
+    )
+
+    # Meta-train in a scratch run folder; only its small result files are kept.
+    with tempfile.TemporaryDirectory(prefix="mrm-demo-run-") as run_dir:
+        train_config.output_path = run_dir
+        result = meta_train(train_config)
+        results = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8"))
+        shutil.copyfile(Path(run_dir) / "per_user.csv", out / "per_user.csv")
+    write_json_atomic(out / "results.json", results)
+    # Timings are left out so that rebuilding with the same seed reproduces every file.
+    history = [{k: v for k, v in row.items() if k != "elapsed_s"} for row in result.history]
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+    # Baselines on the same users: one global Bradley-Terry head, and the labels' noise ceiling.
+    data = read_embedding_files(pt_path, json_path, mmap=False)
+    splits = build_user_splits(data, config.seed, "REDDIT")
+    baselines = {}
+    if config.global_head_steps > 0:
+        head = train_global_head(data.embeddings, splits.seen, config.global_head_steps, config.seed)
+        baselines["global_bt"] = _summary(
+            user_accuracies(head, data.embeddings, splits.seen), user_accuracies(head, data.embeddings, splits.unseen)
+        )
+    ceiling = noise_ceiling(posts, annotators, users)
+    baselines["noise_ceiling"] = _summary(
+        torch.tensor([ceiling[u.user_id] for u in splits.seen]), torch.tensor([ceiling[u.user_id] for u in splits.unseen])
+    )
+
+    training = {
+        f.name: getattr(train_config, f.name)
+        for f in fields(train_config)
+        if f.name not in ("embed_pt", "meta_json", "output_path", "device", "ckpt")
+    }
+    extra_config = {
+        "encoder_id": encoder.encoder_id,
+        "encoder_revision": encoder.revision,
+        "dataset": "demo",
+        # The adaptation the figures on the card were measured with; the app can use the same.
+        "adaptation": {"inner_lr": config.inner_lr, "steps": config.eval_inner_epochs},
+        "training": training,
+    }
+    save_mrm(result.model, out, extra_config=extra_config)
+
+    card = make_card(config, posts, annotators, results, baselines, encoder, result.model.in_dim, training)
+    write_json_atomic(out / "card.json", card)
+    write_json_atomic(
+        out / "annotators.json",
+        [{**asdict(a), "split": "seen" if a.annotator_id in {u.user_id for u in splits.seen} else "unseen"} for a in annotators],
+    )
+    write_text_atomic(out / "README.md", render_card_markdown(card))
+    return BuildResult(out=out, card=card)
+
+
+def train_global_head(embeddings: Tensor, users: Sequence, steps: int, seed: int, lr: float = 1e-2) -> MRM:
+    """Fit one Bradley-Terry reward head (K = 1) on the pooled training pairs of `users`: the no-personalisation baseline."""
+    from mrm.model import MRM
+    from mrm.objectives import bradley_terry_loss
+
+    torch.manual_seed(seed)
+    head = MRM(in_dim=embeddings.shape[1], hidden_layers=[1])
+    chosen = torch.cat([u.train_chosen for u in users])
+    rejected = torch.cat([u.train_rejected for u in users])
+    chosen_embeddings, rejected_embeddings = embeddings[chosen].float(), embeddings[rejected].float()  # (P, H)
+    optimizer = torch.optim.Adam(head.layers.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = bradley_terry_loss(head(chosen_embeddings) - head(rejected_embeddings))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def user_accuracies(model, embeddings: Tensor, users: Sequence) -> Tensor:
+    """Test-pair accuracy `[U]` of each user under the model's shared mixture logits (no adaptation)."""
+    accuracies = []
+    for user in users:
+        margins = model(embeddings[user.test_chosen].float()) - model(embeddings[user.test_rejected].float())
+        accuracies.append(float((margins > 0).float().mean()))
+    return torch.tensor(accuracies)
+
+
+def _summary(seen: Tensor, unseen: Tensor) -> dict[str, float]:
+    from mrm.evaluate import summarize
+
+    return summarize(seen, unseen)
+
+
+def _figures(values: dict) -> dict[str, float]:
+    return {key: round(float(values[key]), 4) for key in ("seen", "unseen", "overall", "worst10")}
+
+
+def make_card(
+    config: BuildConfig, posts, annotators, results: dict, baselines: dict, encoder, in_dim: int, training: dict
+) -> dict:
+    """Collect the numbers and settings of a build into the `card.json` dictionary."""
+    return {
+        "dataset": "demo",
+        "encoder_id": encoder.encoder_id,
+        "encoder_revision": encoder.revision,
+        "in_dim": in_dim,
+        "num_bases": config.num_bases,
+        "seed": config.seed,
+        "corpus": {"posts": len(posts), "summaries": sum(len(p.summaries) for p in posts), "attributes": list(ATTRIBUTES)},
+        "population": {
+            **asdict(config.population),
+            "archetypes": {name: dict(zip(ATTRIBUTES, weights)) for name, weights in ARCHETYPES.items()},
+        },
+        "users": {"seen": results.get("num_seen"), "unseen": results.get("num_unseen")},
+        "training": training,
+        "selected_on": results.get("selected_on"),
+        "best_epoch": results.get("best_epoch"),
+        "mrm_adapted": _figures(results),
+        "mrm_meta_init": _figures(results["init"]),
+        **{name: _figures(values) for name, values in baselines.items()},
+    }
+
+
+def render_card_markdown(card: dict) -> str:
+    """Write the human-readable card (`README.md`) of a demo bundle."""
+    rows = [
+        ("MRM, adapted to each user", "mrm_adapted"),
+        ("MRM meta-initialisation, not adapted", "mrm_meta_init"),
+        ("one global Bradley-Terry head", "global_bt"),
+        ("noise ceiling: each annotator's true weights", "noise_ceiling"),
+    ]
+    table = ["| model | seen | unseen | overall | worst 10% |", "|---|---|---|---|---|"]
+    for label, key in rows:
+        if key in card:
+            values = card[key]
+            table.append(
+                f"| {label} | " + " | ".join(f"{100 * values[k]:.1f}" for k in ("seen", "unseen", "overall", "worst10")) + " |"
+            )
+    population = card["population"]
+    training = card["training"]
+    archetypes = "\n".join(
+        f"- `{name}`: " + ", ".join(f"{attribute} {weight:+.1f}" for attribute, weight in weights.items())
+        for name, weights in population["archetypes"].items()
+    )
+    return f"""---
+library_name: mrm
+tags:
+- reward-model
+- personalization
+- meta-learning
+- demo
+---
+
+# MRM demo checkpoint
+
+A small Meta Reward Modeling head for the offline demo. It reads the {card["in_dim"]}-dimensional features of the demo encoder (`{card["encoder_id"]}`, {card["encoder_revision"]}) and mixes K = {card["num_bases"]} base rewards. It was meta-trained on simulated annotators who label summaries from this project's own corpus ({card["corpus"]["posts"]} posts, {card["corpus"]["summaries"]} summaries), so it demonstrates personalisation and is not a general reward model.
+
+Rebuild it with `python -m mrm demo build --seed {card["seed"]} --epochs {training["epochs"]}`; the same seed, machine and torch version give a bitwise-equal checkpoint.
+
+## Results
+
+Mean user accuracy (%) on each annotator's test pairs. The test pairs come from posts that the annotator never labelled for training. {card["users"]["seen"]} annotators are seen (meta-training tasks) and {card["users"]["unseen"]} unseen. "Worst 10%" is the mean over the worst tenth of all annotators.
+
+Adaptation runs {training["eval_inner_epochs"]} Adam steps at inner_lr {training["inner_lr"]} on the annotator's {population["train_pairs"]} training pairs. The epoch ({card["best_epoch"]}) was selected on held-out training pairs of unseen annotators, never on test pairs.
+
+{chr(10).join(table)}
+
+## Simulated annotators
+
+There are {population["num_annotators"]} annotators. Each one takes the weights of one of these archetypes, in turn, plus Gaussian noise of std {population["weight_noise"]} on every weight. A positive weight prefers long, specific, casual or hedged summaries.
+
+{archetypes}
+
+An annotator prefers summary a over summary b of the same post with probability `sigmoid({population["beta"]} * w . (attributes_a - attributes_b))`. Each one labels {population["train_pairs"]} training pairs and {population["val_pairs"]} test pairs. A share of {population["val_post_fraction"]:.2f} of the posts is held out per annotator for the test pairs. `examples/ATTRIBUTES.md` defines the attributes.
+
+## Files
+
+- `model.safetensors`, `config.json`: the checkpoint (`mrm.load_mrm("assets/demo")`). `config.json` also records the encoder and the adaptation settings used above.
+- `demo_prefs.pt`, `demo_prefs.json`: the labelled pairs as embedding files; `conversation_id` is the corpus `post_id`.
+- `results.json`, `metrics.jsonl`, `per_user.csv`: the meta-training run's evaluation.
+- `annotators.json`: every annotator's archetype, weights and seen/unseen split.
+- `card.json`: the figures above as JSON.
+"""
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type, prefix: str = "") -> None:
+    for item in fields(config_type):
+        if item.name == "population":
+            continue
+        default = None if item.default is dataclasses.MISSING else item.default
+        parser.add_argument(
+            f"--{prefix}{item.name}",
+            type=type(default),
+            default=default,
+            help=f"{item.metadata.get('help', '')} (default: {default})",
+        )
+
+
+def parse_build_config(argv: Sequence[str]) -> BuildConfig:
+    """Parse `demo build` arguments into a `BuildConfig`."""
+    parser = argparse.ArgumentParser(prog="python -m mrm demo build", description=build_bundle.__doc__)
+    _add_config_arguments(parser, BuildConfig)
+    _add_config_arguments(parser, PopulationConfig)
+    args = vars(parser.parse_args(list(argv)))
+    population = PopulationConfig(**{f.name: args.pop(f.name) for f in fields(PopulationConfig)})
+    return BuildConfig(**args, population=population)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `python -m mrm demo SUBCOMMAND`; `build` is the only subcommand."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: python -m mrm demo build [--out DIR] [--seed N] [--epochs N] [...]\n"
+            "  build   embed the demo corpus, simulate annotators, meta-train MRM and write the demo bundle"
+        )
+        return 0 if argv else 2
+    if argv[0] != "build":
+        print(f"unknown demo subcommand {argv[0]!r}; the only one is 'build'", file=sys.stderr)
+        return 2
+
+    config = parse_build_config(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = build_bundle(config)
+    card = result.card
+    print(f"wrote the demo bundle to {result.out}")
+    for key in ("mrm_adapted", "mrm_meta_init", "global_bt", "noise_ceiling"):
+        if key in card:
+            values = card[key]
+            print(f"  {key:14s} " + "  ".join(f"{k} {100 * values[k]:5.1f}" for k in ("seen", "unseen", "overall", "worst10")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

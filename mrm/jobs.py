@@ -92,10 +92,12 @@ class RunStatus:
     """What a run folder shows at one moment.
 
     `state` is one of running, done, failed, cancelled or interrupted (the
-    progress file has status running but the process is gone, for example after a
-    server restart). `epoch` is None when the trainer recorded no epoch, as
-    it does when it stops on an error or a cancel. `metrics` holds the rows of metrics.jsonl as dicts,
-    `results` the content of results.json once the run has finished.
+    progress file has status running but the process is gone, for example
+    after a server restart). `epoch` is the last epoch the trainer reported.
+    The trainer reports no epoch when it stops on an error or a cancel, so then
+    it is the last evaluated epoch, or None before the first evaluation.
+    `metrics` contains the rows of metrics.jsonl as dicts, `results` the
+    content of results.json once the run has finished.
     """
 
     run_id: str
@@ -211,7 +213,9 @@ def metrics_long_frame(metrics: Sequence[Mapping]) -> pd.DataFrame:
             value = row.get(split)
             if isinstance(value, (int, float)):
                 records.append({"epoch": float(epoch), "split": split, "accuracy": float(value)})
-    return pd.DataFrame(records, columns=["epoch", "split", "accuracy"])
+    # Typed columns even when empty, so that a plot takes epoch and accuracy as numbers.
+    frame = pd.DataFrame(records, columns=["epoch", "split", "accuracy"])
+    return frame.astype({"epoch": "float64", "split": "str", "accuracy": "float64"})
 
 
 # ---------------------------------------------------------------------------
@@ -569,6 +573,11 @@ class JobManager:
         results = _read_json(run_dir / RESULTS_FILE)
         config = _read_json(run_dir / CONFIG_FILE)
 
+        metrics = read_metrics(run_dir / METRICS_FILE)
+        epoch = _epoch(progress.get("epoch"))
+        if epoch is None and metrics:
+            epoch = _epoch(metrics[-1].get("epoch"))
+
         message = str(progress.get("message") or "")
         if state == "interrupted":
             message = "the trainer process is gone although the run never finished (for example after a server restart)"
@@ -576,11 +585,11 @@ class JobManager:
             run_id=run_id,
             run_dir=run_dir,
             state=state,
-            epoch=_epoch(progress.get("epoch")),
+            epoch=epoch,
             epochs=_int_or_none(progress.get("epochs")),
             message=message,
             log_tail=read_log_tail(run_dir / CONSOLE_FILE if (run_dir / CONSOLE_FILE).is_file() else run_dir / LOG_FILE),
-            metrics=read_metrics(run_dir / METRICS_FILE),
+            metrics=metrics,
             results=results if isinstance(results, dict) else None,
             config=config if isinstance(config, dict) else None,
             job=job_info,
@@ -776,7 +785,9 @@ def pick_embedding_pair(folder: Path, where: str) -> tuple[Path, Path]:
     if len(json_files) == 1:
         return embed_pt, json_files[0]
     found = ", ".join(str(p.relative_to(folder)) for p in json_files) or "none"
-    raise JobInputError(f"{where} has no {meta_json.name} next to {embed_pt.name} and not exactly one .json file (found: {found})")
+    raise JobInputError(
+        f"{where} has no {meta_json.name} next to {embed_pt.name} and not exactly one .json file (found: {found})"
+    )
 
 
 # Small settings for the demo bundle of simulated annotators, not a published

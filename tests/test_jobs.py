@@ -212,10 +212,7 @@ def test_cancel_without_job_returns_none(manager):
 def test_cancel_sends_sigkill_after_grace(tmp_path, data_files):
     script = tmp_path / "stubborn.py"
     script.write_text(
-        "import signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(120)\n"
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(120)\n"
     )
     manager = JobManager(tmp_path / "runs", command=[sys.executable, str(script)], cancel_grace_s=0.5)
     handle = manager.start(data_args(data_files))
@@ -374,3 +371,22 @@ def test_real_trainer_runs_to_done(tmp_path):
     assert status.state == "done", status.log_tail
     assert status.results is not None
     assert (handle.run_dir / "best" / "model.safetensors").is_file()
+
+
+def test_metrics_long_frame_empty_has_numeric_columns():
+    frame = metrics_long_frame([])
+
+    assert frame["epoch"].dtype == "float64"
+    assert frame["accuracy"].dtype == "float64"
+
+
+def test_status_epoch_after_cancel_from_metrics(tmp_path):
+    run_dir = tmp_path / "runs" / "20240101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "progress.json").write_text(json.dumps({"status": "cancelled", "epoch": -1, "epochs": 10}))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 6, "seen": 0.6}) + "\n")
+
+    status = JobManager(tmp_path / "runs").status()
+
+    assert status.state == "cancelled"
+    assert status.epoch == 6

@@ -280,7 +280,11 @@ def test_show_run_published_row_for_real_data(manager, data_files):
     results = as_dict(train_tab.show_run(manager, None))["results"]
 
     assert results.iloc[-1].tolist() == [
-        "MRM, published (Reddit TL;DR, 100 training pairs per seen user)", "69.6", "n/a", "n/a", "n/a"
+        "MRM, published (Reddit TL;DR, 100 training pairs per seen user)",
+        "69.6",
+        "n/a",
+        "n/a",
+        "n/a",
     ]
 
 
@@ -378,7 +382,10 @@ def test_api_lists_train_endpoints(api_client):
 
 def test_api_start_status_cancel(api_client, manager, data_files):
     message, run_id = api_client.predict(
-        source=SOURCE_FILES, embed_pt=str(data_files[0]), meta_json=str(data_files[1]), epochs=100,
+        source=SOURCE_FILES,
+        embed_pt=str(data_files[0]),
+        meta_json=str(data_files[1]),
+        epochs=100,
         api_name="/train_start",
     )
     status = api_client.predict(run_id=run_id, api_name="/train_status")

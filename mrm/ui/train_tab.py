@@ -141,9 +141,7 @@ def _parse_layer_sizes(text) -> list[int]:
     except ValueError:
         sizes = []
     if not sizes or any(size < 1 for size in sizes):
-        raise JobInputError(
-            f"hidden layers must be positive whole numbers separated by commas, such as 2 or 8, 2; got {text!r}"
-        )
+        raise JobInputError(f"hidden layers must be positive whole numbers separated by commas, such as 2 or 8, 2; got {text!r}")
     return sizes
 
 
@@ -207,11 +205,27 @@ def show_run(manager: JobManager, run_id: str | None = None):
     try:
         status = manager.status(run_id or None)
     except RunNotFoundError as error:
-        return (_message(str(error), "warning"), _empty_curves(), "", _empty_results(), None, None,
-                gr.Button(interactive=False), gr.Timer(active=False))
+        return (
+            _message(str(error), "warning"),
+            _empty_curves(),
+            "",
+            _empty_results(),
+            None,
+            None,
+            gr.Button(interactive=False),
+            gr.Timer(active=False),
+        )
     if status is None:
-        return (_message("No runs yet. Choose data and settings, then start training.", "info"), _empty_curves(), "",
-                _empty_results(), None, None, gr.Button(interactive=False), gr.Timer(active=False))
+        return (
+            _message("No runs yet. Choose data and settings, then start training.", "info"),
+            _empty_curves(),
+            "",
+            _empty_results(),
+            None,
+            None,
+            gr.Button(interactive=False),
+            gr.Timer(active=False),
+        )
 
     running = status.state == "running"
     results = _empty_results()
@@ -360,7 +374,7 @@ def _message(text: str, level: str) -> str:
 
 
 def _empty_curves() -> pd.DataFrame:
-    return pd.DataFrame(columns=["epoch", "split", "accuracy"])
+    return jobs.metrics_long_frame([])
 
 
 def _empty_results() -> pd.DataFrame:
@@ -404,7 +418,9 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                     pt_upload = gr.File(label="or upload the .pt", file_types=[".pt"], type="filepath", height=120)
                     json_upload = gr.File(label="or upload the .json", file_types=[".json"], type="filepath", height=120)
             hub_repo = gr.Textbox(
-                "", label="Hub dataset repo id", placeholder="org/name (a dataset repo with one .pt and its .json)",
+                "",
+                label="Hub dataset repo id",
+                placeholder="org/name (a dataset repo with one .pt and its .json)",
                 visible=False,
             )
 
@@ -414,8 +430,12 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                 dataset = gr.Radio(["REDDIT", "PRISM"], value=defaults["dataset"], label="Dataset (how pairs are split)")
                 epochs = gr.Number(defaults["epochs"], label="Epochs", precision=0, minimum=1, elem_id="mrm-train-epochs")
             with gr.Row():
-                seen_train_limit = gr.Number(defaults["seen_train_limit"], label="Training pairs per seen user (-1: all)", precision=0)
-                unseen_train_limit = gr.Number(defaults["unseen_train_limit"], label="Training pairs per unseen user (-1: all)", precision=0)
+                seen_train_limit = gr.Number(
+                    defaults["seen_train_limit"], label="Training pairs per seen user (-1: all)", precision=0
+                )
+                unseen_train_limit = gr.Number(
+                    defaults["unseen_train_limit"], label="Training pairs per unseen user (-1: all)", precision=0
+                )
             with gr.Row():
                 inner_lr = gr.Number(defaults["inner_lr"], label="Inner learning rate")
                 meta_lr = gr.Number(defaults["meta_lr"], label="Meta learning rate")
@@ -436,13 +456,17 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                     score_threshold = gr.Textbox("", label="Score-gap threshold (empty: none)")
                 with gr.Row():
                     seed = gr.Number(defaults["seed"], label="Seed", precision=0)
-                    select_on = gr.Dropdown(["val", "test", "last"], value=defaults["select_on"],
-                                            label="Epoch selection (test: published protocol, optimistic)")
+                    select_on = gr.Dropdown(
+                        ["val", "test", "last"],
+                        value=defaults["select_on"],
+                        label="Epoch selection (test: published protocol, optimistic)",
+                    )
                 with gr.Row():
                     log_freq = gr.Number(defaults["log_freq"], label="Evaluate every N epochs", precision=0)
                     save_freq = gr.Number(defaults["save_freq"], label="Checkpoint every N epochs (0: never)", precision=0)
-                    device = gr.Dropdown(["auto", "cpu", "cuda"], value=defaults["device"], label="Device",
-                                         allow_custom_value=True)
+                    device = gr.Dropdown(
+                        ["auto", "cpu", "cuda"], value=defaults["device"], label="Device", allow_custom_value=True
+                    )
             with gr.Row():
                 start_button = gr.Button("Start training", variant="primary", elem_id="mrm-train-start")
                 cancel_button = gr.Button("Cancel", variant="stop", elem_id="mrm-train-cancel")
@@ -453,12 +477,24 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                 runs = gr.Dropdown([], label="Run", allow_custom_value=True, scale=3, elem_id="mrm-train-runs")
                 refresh_button = gr.Button("Refresh", scale=1, elem_id="mrm-train-refresh")
             status = gr.HTML(elem_id="mrm-train-status")
-            curves = gr.LinePlot(_empty_curves(), x="epoch", y="accuracy", color="split", y_lim=[0, 1],
-                                 title="User-level test accuracy during training", height=260)
-            log_tail = gr.Textbox(label="Log (last 40 lines)", lines=10, max_lines=10, autoscroll=True,
-                                  interactive=False, elem_id="mrm-train-log")
-            results = gr.Dataframe(_empty_results(), label="Benchmark evaluation (user-level accuracy, %)",
-                                   interactive=False, elem_id="mrm-train-results")
+            curves = gr.LinePlot(
+                _empty_curves(),
+                x="epoch",
+                y="accuracy",
+                color="split",
+                y_lim=[0, 1],
+                title="User-level test accuracy during training",
+                height=260,
+            )
+            log_tail = gr.Textbox(
+                label="Log (last 40 lines)", lines=12, max_lines=40, autoscroll=True, interactive=False, elem_id="mrm-train-log"
+            )
+            results = gr.Dataframe(
+                _empty_results(),
+                label="Benchmark evaluation (user-level accuracy, %)",
+                interactive=False,
+                elem_id="mrm-train-results",
+            )
             histogram = gr.Plot(label="Per-user accuracy")
             download = gr.File(label="Selected checkpoint (zip of best/)", interactive=False)
             with gr.Accordion("Push the checkpoint to the Hugging Face Hub", open=False):
@@ -466,24 +502,69 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                 gr.Markdown("Uploads `best/` with a model card that lists the settings and results." + token_note)
                 with gr.Row():
                     push_repo = gr.Textbox("", label="Repo id", placeholder="your-name/mrm-head")
-                    push_encoder = gr.Textbox("Skywork/Skywork-Reward-V2-Llama-3.1-8B",
-                                              label="Encoder that produced the embeddings")
+                    push_encoder = gr.Textbox(
+                        "Skywork/Skywork-Reward-V2-Llama-3.1-8B", label="Encoder that produced the embeddings"
+                    )
                     push_private = gr.Checkbox(True, label="Private")
                 push_button = gr.Button("Push to Hub", interactive=False)
                 push_message = gr.HTML()
     timer = gr.Timer(POLL_INTERVAL_S, active=False)
 
-    settings = [dataset, epochs, seen_train_limit, unseen_train_limit, hidden_layers, use_bias, inner_lr, meta_lr,
-                train_inner_epochs, eval_inner_epochs, tasks_per_batch, warmup_ratio, val_ratio, rpo_ratio, rpo_gamma,
-                score_threshold, seed, select_on, log_freq, save_freq, device]
+    settings = [
+        dataset,
+        epochs,
+        seen_train_limit,
+        unseen_train_limit,
+        hidden_layers,
+        use_bias,
+        inner_lr,
+        meta_lr,
+        train_inner_epochs,
+        eval_inner_epochs,
+        tasks_per_batch,
+        warmup_ratio,
+        val_ratio,
+        rpo_ratio,
+        rpo_gamma,
+        score_threshold,
+        seed,
+        select_on,
+        log_freq,
+        save_freq,
+        device,
+    ]
     view = [status, curves, log_tail, results, histogram, download, push_button, timer]
 
     # Named wrappers give the API endpoints readable parameter names.
-    def train_start(source, embed_pt, meta_json, hub_repo, dataset, epochs, seen_train_limit, unseen_train_limit,
-                    hidden_layers, use_bias, inner_lr, meta_lr, train_inner_epochs, eval_inner_epochs,
-                    tasks_per_batch, warmup_ratio, val_ratio, rpo_ratio, rpo_gamma, score_threshold, seed,
-                    select_on, log_freq, save_freq, device, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        """Start a meta-training run; returns a message, the run list and the poll timer."""
+    def train_start(
+        source,
+        embed_pt,
+        meta_json,
+        hub_repo,
+        dataset,
+        epochs,
+        seen_train_limit,
+        unseen_train_limit,
+        hidden_layers,
+        use_bias,
+        inner_lr,
+        meta_lr,
+        train_inner_epochs,
+        eval_inner_epochs,
+        tasks_per_batch,
+        warmup_ratio,
+        val_ratio,
+        rpo_ratio,
+        rpo_gamma,
+        score_threshold,
+        seed,
+        select_on,
+        log_freq,
+        save_freq,
+        device,
+        progress=gr.Progress(track_tqdm=True),
+    ):
+        """Start a meta-training run and return a message and the new run id."""
         named = {name: value for name, value in locals().items() if name in SETTING_NAMES}
         return start_training(manager, source, embed_pt, meta_json, hub_repo, **named)
 
@@ -528,7 +609,9 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
     runs.input(refresh_view, [runs], view, api_visibility="private")
     timer.tick(refresh_view, [runs], view, **private)
     push_button.click(
-        functools.partial(push_run, manager), [runs, push_repo, push_encoder, push_private], [push_message],
+        functools.partial(push_run, manager),
+        [runs, push_repo, push_encoder, push_private],
+        [push_message],
         api_visibility="private",
     )
 

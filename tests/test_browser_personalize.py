@@ -101,10 +101,20 @@ def test_browser_delete_row(browser_page):
     page.screenshot(path=str(ARTIFACTS / "personalize_labels.png"), full_page=True)
 
 
+def test_browser_upload_non_utf8_csv(browser_page, tmp_path):
+    page, _ = browser_page
+    path = tmp_path / "latin1_pairs.csv"
+    path.write_bytes("prompt,chosen,rejected\nCaf\xe9 menu post,Caf\xe9 prices up,Food\n".encode("latin-1"))
+    page.set_input_files("#mrm-upload input[type=file]", str(path))
+    status = page.wait_for_selector("#mrm-label-status:has-text('Added 1 pairs')")
+    assert "UTF-8" in status.inner_text()
+    wait_for_rows(page, 4)
+
+
 def test_browser_adapt_shows_weights(browser_page):
     page, _ = browser_page
     page.click("#mrm-adapt")
-    status = page.wait_for_selector("#mrm-adapt-status:has-text('Adapted on 3 labelled pairs')")
+    status = page.wait_for_selector("#mrm-adapt-status:has-text('Adapted on 4 labelled pairs')")
     assert re.search(r"Mixture weights: \[.*\] → \[.*\]", status.inner_text())
     page.wait_for_selector("#mrm-weights-plot canvas, #mrm-weights-plot svg")
     page.screenshot(path=str(ARTIFACTS / "personalize_adapted.png"), full_page=True)

@@ -58,7 +58,7 @@ def build_app(runtime: Runtime) -> gr.Blocks:
 def launch_options() -> dict:
     """Keyword arguments for `Blocks.launch` that set the look and keep the page free of external requests."""
     return {"theme": THEME, "css_paths": [CSS_PATH], "js": SHORTCUTS_JS, "share": False,
-            "footer_links": ["api", "settings"], "max_file_size": "20mb"}
+            "footer_links": ["api", "settings"], "max_file_size": "20mb", "show_error": True}
 
 
 def run_app(argv: Sequence[str] | None = None) -> int:

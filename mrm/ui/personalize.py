@@ -210,13 +210,14 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
                        table_outputs, api_visibility="private")
 
     def on_upload(path, labels):
+        # The upload box is emptied afterwards, so the same file can be uploaded again.
         try:
             new_labels, message = session.import_pairs(labels, path)
         except InputError as error:
-            return gr.skip(), gr.skip(), gr.skip(), _warn(error)
-        return new_labels, new_labels, session.labels_to_frame(new_labels), message
+            return gr.skip(), gr.skip(), gr.skip(), _warn(error), None
+        return new_labels, new_labels, session.labels_to_frame(new_labels), message, None
 
-    upload.upload(on_upload, [upload, labels_state], table_outputs, api_visibility="private")
+    upload.upload(on_upload, [upload, labels_state], [*table_outputs, upload], api_visibility="private")
 
     def on_download(labels):
         try:

@@ -315,7 +315,7 @@ def _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold
     )
 
 
-def find_nonfinite_rows(embeddings: Tensor, chunk_rows: int = 8192) -> set[int]:
+def find_nonfinite_rows(embeddings: Tensor, chunk_rows: int = 1024) -> set[int]:
     """Return the indices of rows holding NaN or inf, scanning in chunks to bound memory."""
     bad: set[int] = set()
     for start in range(0, embeddings.shape[0], chunk_rows):

@@ -66,7 +66,7 @@ def holdout_pair_sets(users: list[UserPairs]) -> list[PairSets]:
 
 
 @torch.no_grad()
-def base_rewards_for_rows(model: MRM, embeddings: Tensor, rows: Tensor, chunk_rows: int = 4096) -> Tensor:
+def base_rewards_for_rows(model: MRM, embeddings: Tensor, rows: Tensor, chunk_rows: int = 512) -> Tensor:
     """Base rewards `[len(rows), K]` of the given embedding rows, converting at most `chunk_rows` rows to fp32 at a time."""
     device = model.shared_weight.device
     out = torch.empty(rows.numel(), model.num_bases, device=device)

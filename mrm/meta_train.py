@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mrm.adapt import inner_loop, margins_from_logits, remap_rows, stack_margin_bases
+from mrm.adapt import inner_loop, margins_from_logits
 from mrm.data import (
     DataError,
     UserPairs,
@@ -145,10 +145,18 @@ def single_cpu_thread(device: torch.device):
 
 @dataclass
 class TaskPairs:
-    """Support and query row indices of one task (user) for one epoch."""
+    """One task (user) for one epoch: support and query pairs as row indices and as positions.
 
+    `support`/`query` are (chosen rows, rejected rows) of the embedding tensor;
+    `support_positions`/`query_positions` index the user's training pairs, and
+    so the rows of that user's block in `training_differences`.
+    """
+
+    user_index: int
     support: tuple[Tensor, Tensor]
     query: tuple[Tensor, Tensor]
+    support_positions: Tensor
+    query_positions: Tensor
 
 
 def task_pairs_for_epoch(user: UserPairs, user_index: int, epoch: int, seed: int, val_ratio: float) -> TaskPairs:
@@ -157,14 +165,36 @@ def task_pairs_for_epoch(user: UserPairs, user_index: int, epoch: int, seed: int
     support = pairs_in_groups(user, support_groups)
     query = pairs_in_groups(user, query_groups)
     return TaskPairs(
+        user_index=user_index,
         support=(user.train_chosen[support], user.train_rejected[support]),
         query=(user.train_chosen[query], user.train_rejected[query]),
+        support_positions=support,
+        query_positions=query,
     )
+
+
+def training_differences(embeddings: Tensor, users: list[UserPairs], device: torch.device) -> list[Tensor]:
+    """Per user, the fp32 embedding differences `chosen - rejected` of their training pairs, `[P_u, H]`.
+
+    Computed once per run: every outer step then gathers from these instead of
+    converting bf16 rows of the full tensor again.
+    """
+    return [
+        (embeddings[user.train_chosen].to(device, torch.float32) - embeddings[user.train_rejected].to(device, torch.float32))
+        for user in users
+    ]
+
+
+def _padded(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([r.shape[0] for r in rows])
+    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (T, P, K)
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    return padded, mask.to(padded.device)
 
 
 def group_meta_objective(
     model: MRM,
-    embeddings: Tensor,
+    differences: list[Tensor],
     tasks: list[TaskPairs],
     inner_steps: int,
     inner_lr: float,
@@ -173,14 +203,17 @@ def group_meta_objective(
 ) -> tuple[Tensor, Tensor]:
     """RPO over the query losses of a group of tasks after differentiable inner adaptation.
 
-    Returns the objective (a scalar whose gradient reaches every parameter)
-    and the per-task query losses `[T]`.
+    `differences` comes from `training_differences` for the seen users that
+    `TaskPairs.user_index` refers to. Returns the objective (a scalar whose
+    gradient reaches every parameter) and the per-task query losses `[T]`.
     """
-    rows, (support, query) = remap_rows([[t.support for t in tasks], [t.query for t in tasks]])
-    device = model.shared_weight.device
-    table = model.base_rewards(embeddings[rows.to(embeddings.device)].to(device))  # (R, K), with grad
-    support_bases, support_mask = stack_margin_bases(table, support)  # (T, P, K), (T, P)
-    query_bases, query_mask = stack_margin_bases(table, query)
+    # One matmul for every support and query pair of the group.
+    blocks = [differences[t.user_index][t.support_positions] for t in tasks]
+    blocks += [differences[t.user_index][t.query_positions] for t in tasks]
+    margins = model.base_reward_margins(torch.cat(blocks))  # (S, K), with grad
+    pieces = list(torch.split(margins, [b.shape[0] for b in blocks]))
+    support_bases, support_mask = _padded(pieces[: len(tasks)])  # (T, P, K), (T, P)
+    query_bases, query_mask = _padded(pieces[len(tasks) :])
 
     adapted = inner_loop(support_bases, support_mask, model.shared_weight, inner_steps, inner_lr, create_graph=True)
     query_losses = bradley_terry_loss(margins_from_logits(query_bases, adapted.logits), query_mask)  # (T,)
@@ -283,11 +316,12 @@ def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, int(config.warmup_ratio * total_steps)))
     extra = {"training": {k: v for k, v in asdict(config).items() if k not in ("embed_pt", "meta_json", "output_path", "device")}}
 
+    differences = training_differences(embeddings, splits.seen, device)
     history: list[dict] = []
     best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        epoch_loss = _train_one_epoch(model, embeddings, splits.seen, epoch, config, optimizer, schedule)
+        epoch_loss = _train_one_epoch(model, differences, splits.seen, epoch, config, optimizer, schedule)
         callback({"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": epoch_loss})
         run.progress("running", epoch, config.epochs, f"epoch {epoch}: train loss {epoch_loss:.4f}")
 
@@ -322,7 +356,7 @@ def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], 
     return TrainResult(model=model, history=history, results=results, output_path=run.path)
 
 
-def _train_one_epoch(model, embeddings, seen, epoch, config, optimizer, schedule) -> float:
+def _train_one_epoch(model, differences, seen, epoch, config, optimizer, schedule) -> float:
     # Task order is reshuffled every epoch; the support/query split is redrawn per user.
     order = list(range(len(seen)))
     random.Random(config.seed + epoch).shuffle(order)
@@ -331,7 +365,7 @@ def _train_one_epoch(model, embeddings, seen, epoch, config, optimizer, schedule
         group = order[start : start + config.tasks_per_batch]
         tasks = [task_pairs_for_epoch(seen[i], i, epoch, config.seed, config.val_ratio) for i in group]
         objective, task_losses = group_meta_objective(
-            model, embeddings, tasks, config.train_inner_epochs, config.inner_lr, config.rpo_ratio, config.rpo_gamma
+            model, differences, tasks, config.train_inner_epochs, config.inner_lr, config.rpo_ratio, config.rpo_gamma
         )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()

@@ -100,6 +100,18 @@ class MRM(
             hidden = layer(hidden)
         return hidden
 
+    def base_reward_margins(self, differences: Tensor) -> Tensor:
+        """Base-reward margins `[..., K]` from embedding differences `chosen - rejected` `[..., in_dim]`.
+
+        The layer stack is affine with no activation, so `base(c) - base(r)` equals
+        the stack's linear part applied to `c - r`: the biases cancel. This halves
+        the work of meta-training, which only ever needs margins.
+        """
+        hidden = differences.to(self.shared_weight.dtype) * INPUT_SCALE
+        for layer in self.layers:
+            hidden = nn.functional.linear(hidden, layer.weight)
+        return hidden
+
     def forward(self, embeddings: Tensor, mixture_logits: Tensor | None = None) -> Tensor:
         """Reward of each embedding, `[...]`, with the shared or the given logits."""
         logits = self.shared_weight if mixture_logits is None else mixture_logits

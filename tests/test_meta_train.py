@@ -15,6 +15,7 @@ from mrm.meta_train import (
     group_meta_objective,
     meta_train,
     task_pairs_for_epoch,
+    training_differences,
 )
 from mrm.model import MRM
 
@@ -33,7 +34,8 @@ def fresh_model(in_dim=16, sizes=(3,), bias=False):
 
 
 def gradients(model):
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
+    # Biases cancel in reward margins, so the vectorized path leaves their gradient unset (zero).
+    return {name: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("inner_steps,rpo_gamma,sizes,bias", [(1, 0.5, (3,), False), (3, 0.5, (4, 3), True), (2, 0.0, (3,), False)])
@@ -42,7 +44,8 @@ def test_meta_gradient_matches_per_user_loop(population, inner_steps, rpo_gamma,
     tasks = [task_pairs_for_epoch(user, i, 1, 42, 0.5) for i, user in enumerate(splits.seen[:4])]
     fast, slow = fresh_model(sizes=sizes, bias=bias), fresh_model(sizes=sizes, bias=bias)
 
-    fast_objective, fast_losses = group_meta_objective(fast, data.embeddings, tasks, inner_steps, 0.3, 0.5, rpo_gamma)
+    differences = training_differences(data.embeddings, splits.seen, torch.device("cpu"))
+    fast_objective, fast_losses = group_meta_objective(fast, differences, tasks, inner_steps, 0.3, 0.5, rpo_gamma)
     fast_objective.backward()
     slow_objective, slow_losses = reference_group_objective(slow, data.embeddings, tasks, inner_steps, 0.3, 0.5, rpo_gamma)
     slow_objective.backward()
@@ -58,17 +61,17 @@ def test_meta_gradient_flows_through_inner_step(population):
     _, _, data, splits = population
     tasks = [task_pairs_for_epoch(user, i, 1, 42, 0.5) for i, user in enumerate(splits.seen[:2])]
     model = fresh_model()
-    objective, _ = group_meta_objective(model, data.embeddings, tasks, 3, 0.3, 0.5, 0.5)
+    objective, _ = group_meta_objective(model, training_differences(data.embeddings, splits.seen, "cpu"), tasks, 3, 0.3, 0.5, 0.5)
     layer_grad, = torch.autograd.grad(objective, model.layers[0].weight, retain_graph=True)
 
     # First-order version: same objective with the inner step's gradient cut off.
-    from mrm.adapt import inner_loop, margins_from_logits, remap_rows, stack_margin_bases
+    from mrm.adapt import inner_loop, margins_from_logits
+    from mrm.meta_train import _padded
     from mrm.objectives import bradley_terry_loss, rpo_objective
 
-    rows, (support, query) = remap_rows([[t.support for t in tasks], [t.query for t in tasks]])
-    table = model.base_rewards(data.embeddings[rows])
-    support_bases, support_mask = stack_margin_bases(table.detach(), support)
-    query_bases, query_mask = stack_margin_bases(table, query)
+    differences = training_differences(data.embeddings, splits.seen, "cpu")
+    support_bases, support_mask = _padded([model.base_reward_margins(differences[t.user_index][t.support_positions]).detach() for t in tasks])
+    query_bases, query_mask = _padded([model.base_reward_margins(differences[t.user_index][t.query_positions]) for t in tasks])
     adapted = inner_loop(support_bases, support_mask, model.shared_weight, 3, 0.3, create_graph=False).logits
     first_order = rpo_objective(bradley_terry_loss(margins_from_logits(query_bases, adapted), query_mask), 0.5, 0.5)
     first_order_grad, = torch.autograd.grad(first_order, model.layers[0].weight)
@@ -80,7 +83,7 @@ def test_initial_logits_get_gradient_through_adaptation(population):
     _, _, data, splits = population
     tasks = [task_pairs_for_epoch(user, i, 1, 42, 0.5) for i, user in enumerate(splits.seen[:2])]
     model = fresh_model()
-    objective, _ = group_meta_objective(model, data.embeddings, tasks, 2, 0.3, 0.5, 0.5)
+    objective, _ = group_meta_objective(model, training_differences(data.embeddings, splits.seen, "cpu"), tasks, 2, 0.3, 0.5, 0.5)
     objective.backward()
     assert model.shared_weight.grad.abs().sum() > 0
 
@@ -92,7 +95,7 @@ def test_training_epoch_matches_per_user_loop(population):
     optimizers = [torch.optim.Adam(m.parameters(), lr=0.05) for m in models]
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, cosine_with_warmup(20, 2)) for o in optimizers]
     for epoch in (1, 2):
-        _train_one_epoch(models[0], data.embeddings, splits.seen, epoch, config, optimizers[0], schedules[0])
+        _train_one_epoch(models[0], training_differences(data.embeddings, splits.seen, "cpu"), splits.seen, epoch, config, optimizers[0], schedules[0])
         reference_train_epoch(models[1], data.embeddings, splits.seen, epoch, config, optimizers[1], schedules[1])
     for (name, fast), slow in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.allclose(fast, slow, atol=1e-5), name

@@ -209,7 +209,8 @@ def prepare_shard_dir(shard_dir: Path, manifest: dict, overwrite: bool = False) 
         except json.JSONDecodeError:
             existing = {}
         if existing == manifest:
-            done = sum(chunk_path(shard_dir, i).is_file() for i in range(num_chunks(manifest["num_conversations"], manifest["chunk_size"])))
+            total = num_chunks(manifest["num_conversations"], manifest["chunk_size"])
+            done = sum(chunk_path(shard_dir, chunk).is_file() for chunk in range(total))
             logger.info("resuming in %s: %d chunks already embedded", shard_dir, done)
             return
         differences = [
@@ -279,7 +280,7 @@ def embed_shards(
         process_index, num_processes, len(todo), len(mine) - len(todo),
     )
 
-    total = sum(min(len(conversations), (c + 1) * chunk_size) - c * chunk_size for c in todo)
+    total = sum(min(len(conversations), (chunk + 1) * chunk_size) - chunk * chunk_size for chunk in todo)
     bar = tqdm(total=total, desc="embedding", unit="conv", disable=not progress)
     done = []
     for chunk in todo:

@@ -222,6 +222,44 @@ def adapt_logits(
     )
 
 
+def adapt_users(
+    model: MRM,
+    users: list[tuple[Tensor, Tensor]],
+    init_logits: Tensor | None = None,
+    steps: int = 1,
+    lr: float = PUBLISHED_INNER_LR["reddit"],
+) -> list[AdaptResult]:
+    """Adapt many users at once; `users` holds each user's (chosen `[P_u, H]`, rejected `[P_u, H]`) embeddings.
+
+    Equivalent to calling `adapt_logits` per user, in one padded computation.
+    """
+    if not users:
+        return []
+    for index, (chosen, rejected) in enumerate(users):
+        if chosen.shape != rejected.shape or chosen.ndim != 2 or chosen.shape[0] == 0 or chosen.shape[1] != model.in_dim:
+            raise ValueError(
+                f"user {index}: expected non-empty chosen and rejected embeddings of shape [pairs, {model.in_dim}], "
+                f"got {tuple(chosen.shape)} and {tuple(rejected.shape)}"
+            )
+    device = model.shared_weight.device
+    with torch.no_grad():
+        margins = [model.base_reward_margins(chosen.to(device) - rejected.to(device)) for chosen, rejected in users]
+    lengths = torch.tensor([m.shape[0] for m in margins])
+    margin_bases = torch.nn.utils.rnn.pad_sequence(margins, batch_first=True)  # (U, P, K)
+    mask = (torch.arange(margin_bases.shape[1])[None, :] < lengths[:, None]).to(device)
+    start = model.shared_weight if init_logits is None else torch.as_tensor(init_logits, dtype=torch.float32, device=device)
+    result = inner_loop(margin_bases, mask, start.detach(), steps, lr)
+    return [
+        AdaptResult(
+            logits=result.logits[i].cpu(),
+            support_loss=result.support_loss[:, i].tolist(),
+            support_accuracy=result.support_accuracy[:, i].tolist(),
+            num_pairs=int(lengths[i]),
+        )
+        for i in range(len(users))
+    ]
+
+
 @torch.no_grad()
 def score(model: MRM, embeddings: Tensor, logits: Tensor | None = None) -> Tensor:
     """Rewards `[N]` of embeddings `[N, H]` under the given mixture logits (default: the model's)."""

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mrm.adapt import adapt_logits, inner_loop, pad_pairs, score
+from mrm.adapt import adapt_logits, adapt_users, inner_loop, pad_pairs, score
 from mrm.model import MRM
 
 
@@ -78,3 +78,17 @@ def test_score_with_given_logits_is_pure(model):
     first = score(model, x, logits)
     assert torch.equal(first, score(model, x, logits))
     assert torch.allclose(first, model(x, logits).detach())
+
+
+def test_adapt_users_matches_single_user_calls(model):
+    users = [(torch.randn(n, 8) * 30, torch.randn(n, 8) * 30) for n in (2, 5)]
+    together = adapt_users(model, users, steps=6, lr=0.2)
+    for result, (chosen, rejected) in zip(together, users):
+        alone = adapt_logits(model, chosen, rejected, steps=6, lr=0.2)
+        assert torch.allclose(result.logits, alone.logits, atol=1e-6)
+        assert result.support_loss == pytest.approx(alone.support_loss, abs=1e-6)
+
+
+def test_adapt_users_names_the_bad_user(model):
+    with pytest.raises(ValueError, match="user 1"):
+        adapt_users(model, [(torch.randn(2, 8), torch.randn(2, 8)), (torch.randn(2, 4), torch.randn(2, 4))])

@@ -34,6 +34,10 @@ MAX_CANDIDATES = 20
 MAX_UPLOAD_BYTES = 5_000_000
 MAX_STEPS = 500
 MAX_LR = 10.0
+# Defaults that visibly personalise from 5-10 labels. Measured on a demo bundle built with
+# `python -m mrm demo build --epochs 60` (seed 0), adapting each unseen simulated annotator:
+# mean test accuracy 57% at meta-init, 67% after 5 labelled pairs, 76% after 10, with the
+# largest mixture weight moving by 0.6 on average. One step at 5e-3 moves it by 0.002.
 DEFAULT_STEPS = 30
 DEFAULT_LR = 0.1
 PUBLISHED_STEPS = 1

@@ -163,6 +163,8 @@ def validate_entries(users: Mapping[str, list], num_rows: int, source: str = "me
                     problems.append(f"{where}: {key}={value!r} is not an integer row index")
                 elif not 0 <= value < num_rows:
                     problems.append(f"{where}: {key}={value} is out of range for an embedding tensor of {num_rows} rows")
+            if "split" not in entry and "conversation_id" in entry:
+                continue  # published PRISM files: the split is drawn per conversation at load time
             if entry.get("split") not in SPLITS:
                 problems.append(f"{where}: split={entry.get('split')!r}, expected 'train' or 'val'")
     if problems:
@@ -213,6 +215,35 @@ def select_train_pairs(entries: list[dict], user_id: str, seed: int, limit: int)
     return entries if limit < 0 else entries[:limit]
 
 
+def split_conversations(conversation_ids: Sequence[str], user_id: str, seed: int) -> tuple[set[str], set[str]]:
+    """Split one user's conversations 50/50 into (train, val) ids.
+
+    The ids, in file order, are shuffled with the per-user generator
+    (`user_generator`); the first `len // 2` are training conversations and
+    the rest test conversations, so an odd count puts the extra one in the
+    test half. Published PRISM embedding files carry no `split` field and get
+    their split from this rule at load time.
+    """
+    ids = list(conversation_ids)
+    user_generator(user_id, seed).shuffle(ids)
+    half = len(ids) // 2
+    return set(ids[:half]), set(ids[half:])
+
+
+def assign_missing_splits(entries: list[dict], user_id: str, seed: int, dataset: str) -> list[dict]:
+    """Return `entries` with a `split` on each; PRISM entries without one get it from `split_conversations`."""
+    if all("split" in entry for entry in entries):
+        return entries
+    if dataset != "PRISM":
+        raise DataError(f"user {user_id!r} has entries without a 'split' field; only PRISM files may omit it (use --dataset PRISM)")
+    conversations = list(dict.fromkeys(str(e["conversation_id"]) for e in entries if "split" not in e))
+    train_ids, _ = split_conversations(conversations, user_id, seed)
+    return [
+        entry if "split" in entry else {**entry, "split": "train" if str(entry["conversation_id"]) in train_ids else "val"}
+        for entry in entries
+    ]
+
+
 def support_query_split(num_groups: int, seed: int, user_index: int, epoch: int, val_ratio: float) -> tuple[list[int], list[int]]:
     """Split group positions `0..num_groups-1` into (support, query) for one epoch (epochs count from 1).
 
@@ -260,7 +291,8 @@ def build_user_splits(
     for is_seen, ids in ((True, seen_ids), (False, unseen_ids)):
         limit = seen_train_limit if is_seen else unseen_train_limit
         for user_id in ids:
-            user = _build_user(data.users[user_id], user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows)
+            entries = assign_missing_splits(data.users[user_id], user_id, seed, dataset)
+            user = _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows)
             if isinstance(user, str):
                 skipped[user_id] = user
             else:

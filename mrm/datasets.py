@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrm.data import user_generator
+from mrm.data import split_conversations
 from mrm.pairs import read_pairs
 
 logger = logging.getLogger(__name__)
@@ -385,21 +385,6 @@ def prism_conversation_pairs(conversation: Mapping) -> list[dict]:
             })
         history = prompt + [{"role": "assistant", "content": chosen}]
     return pairs
-
-
-def split_conversations(conversation_ids: list[str], user_id: str, seed: int) -> tuple[set[str], set[str]]:
-    """Split one user's conversations 50/50 into (train, val) ids.
-
-    The ids, in file order, are shuffled with `random.Random(seed +
-    md5(user_id) mod 2**32)`. The first `len // 2` are training conversations
-    and the rest are test conversations, so an odd count puts the extra one in
-    the test half. This is the rule of the published PRISM training code, which
-    applies it with the training seed (42 by default).
-    """
-    ids = list(conversation_ids)
-    user_generator(user_id, seed).shuffle(ids)
-    half = len(ids) // 2
-    return set(ids[:half]), set(ids[half:])
 
 
 def build_prism_users(

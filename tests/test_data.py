@@ -145,3 +145,22 @@ def test_no_usable_seen_users_is_an_error(tmp_path):
     data = read_embedding_files(*write_embedding_files(tmp_path / "d", torch.randn(2, 4), users))
     with pytest.raises(DataError, match="no usable seen users"):
         build_user_splits(data, seed=0)
+
+
+def test_prism_entries_without_split_get_conversation_split(tmp_path):
+    conversations = [f"c{i}" for i in range(6)]
+    users = {"p1": [{"chosen_idx": 2 * i, "rejected_idx": 2 * i + 1, "conversation_id": conv} for i, conv in enumerate(conversations)],
+             "p2": [{"chosen_idx": 12, "rejected_idx": 13, "conversation_id": "d0"}, {"chosen_idx": 14, "rejected_idx": 15, "conversation_id": "d1"}]}
+    data = read_embedding_files(*write_embedding_files(tmp_path / "prism", torch.randn(16, 4), users))
+    p1 = next(u for u in build_user_splits(data, seed=42, dataset="PRISM").all_users if u.user_id == "p1")
+    shuffled = list(conversations)
+    random.Random(42 + int(hashlib.md5(b"p1").hexdigest(), 16) % 2**32).shuffle(shuffled)
+    expected_test_rows = sorted(2 * conversations.index(c) for c in shuffled[3:])
+    assert sorted(p1.test_chosen.tolist()) == expected_test_rows
+
+
+def test_reddit_entries_without_split_are_rejected(tmp_path):
+    users = {f"u{i}": [{"chosen_idx": 0, "rejected_idx": 1, "conversation_id": "c"}] for i in range(2)}
+    data = read_embedding_files(*write_embedding_files(tmp_path / "d", torch.randn(2, 4), users))
+    with pytest.raises(DataError, match="only PRISM files may omit it"):
+        build_user_splits(data, seed=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -38,6 +39,13 @@ def label(client: Client, choice: str, prompt: str, summary_a: str, summary_b: s
 def test_api_lists_main_endpoints(app_url):
     endpoints = new_client(app_url).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/label", "/adapt", "/score"} <= set(endpoints)
+
+
+def test_page_header_names_mode_and_reason(app_url):
+    with urllib.request.urlopen(app_url + "config", timeout=10) as response:
+        config = response.read().decode("utf-8")
+    assert "Encoder:** `demo`" in config
+    assert "offline demo: offline mode forced" in config
 
 
 def test_label_adapt_score_round(app_url):

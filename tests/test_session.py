@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -121,6 +122,20 @@ def test_parse_app_args_flags_beat_environment():
     config = parse_app_args(["--encoder", "flag-encoder", "--port", "8123"], environ={"MRM_ENCODER": "env"})
     assert config.encoder == "flag-encoder"
     assert config.port == 8123
+
+
+def test_apply_offline_environment_sets_flags(monkeypatch):
+    import huggingface_hub.constants
+
+    from mrm.runtime import apply_offline_environment
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    apply_offline_environment()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
 
 
 def test_check_widths_message_names_both_widths():

@@ -413,3 +413,13 @@ def test_api_status_of_finished_run(api_client, manager, data_files):
 
     assert "data-state='done'" in view[0]
     assert view[3]["data"][0][0] == "MRM, this run (adapted)"
+
+
+def test_show_run_no_metrics_curves_none(tmp_path):
+    run_dir = tmp_path / "runs" / "20240101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "progress.json").write_text(json.dumps({"status": "failed", "epoch": -1, "epochs": 9}))
+
+    view = as_dict(train_tab.show_run(JobManager(tmp_path / "runs"), None))
+
+    assert view["curves"] is None

@@ -207,7 +207,7 @@ def show_run(manager: JobManager, run_id: str | None = None):
     except RunNotFoundError as error:
         return (
             _message(str(error), "warning"),
-            _empty_curves(),
+            None,
             "",
             _empty_results(),
             None,
@@ -218,7 +218,7 @@ def show_run(manager: JobManager, run_id: str | None = None):
     if status is None:
         return (
             _message("No runs yet. Choose data and settings, then start training.", "info"),
-            _empty_curves(),
+            None,
             "",
             _empty_results(),
             None,
@@ -241,7 +241,7 @@ def show_run(manager: JobManager, run_id: str | None = None):
     can_push = bool(os.environ.get("HF_TOKEN")) and status.best_dir is not None and not running
     return (
         status_html(status),
-        jobs.metrics_long_frame(status.metrics),
+        _curves(status),
         status.log_tail,
         results,
         histogram,
@@ -373,8 +373,11 @@ def _message(text: str, level: str) -> str:
     return f"<div class='{css}' id='mrm-train-message'>{html.escape(text)}</div>"
 
 
-def _empty_curves() -> pd.DataFrame:
-    return jobs.metrics_long_frame([])
+def _curves(status: RunStatus) -> pd.DataFrame | None:
+    # NOTE: gradio 6.31's LinePlot draws no lines for any later value once it
+    # has shown an empty frame with a color column, so "no points yet" is None.
+    frame = jobs.metrics_long_frame(status.metrics)
+    return None if frame.empty else frame
 
 
 def _empty_results() -> pd.DataFrame:
@@ -478,12 +481,13 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                 refresh_button = gr.Button("Refresh", scale=1, elem_id="mrm-train-refresh")
             status = gr.HTML(elem_id="mrm-train-status")
             curves = gr.LinePlot(
-                _empty_curves(),
+                None,
                 x="epoch",
                 y="accuracy",
                 color="split",
                 y_lim=[0, 1],
                 title="User-level test accuracy during training",
+                elem_id="mrm-train-curves",
                 height=260,
             )
             log_tail = gr.Textbox(

@@ -22,6 +22,7 @@ from test_jobs import STAND_IN_TRAINER
 
 from mrm import jobs
 from mrm.data import write_embedding_files
+from mrm.demo import BuildConfig
 from mrm.jobs import JobInputError, JobManager
 from mrm.ui import train_tab
 from mrm.ui.train_tab import SETTING_NAMES, SOURCE_DEMO, SOURCE_FILES, SOURCE_HUB
@@ -82,7 +83,9 @@ def as_dict(view: tuple) -> dict:
         ("reddit100", "seen_train_limit", 100),
         ("prism", "dataset", "PRISM"),
         ("prism", "inner_lr", 1e-3),
-        ("demo", "hidden_layers", "2"),
+        ("demo", "hidden_layers", str(BuildConfig().num_bases)),
+        ("demo", "inner_lr", BuildConfig().inner_lr),
+        ("demo", "epochs", jobs.DEMO_PRESET_EPOCHS),
     ],
 )
 def test_preset_values_fill_inputs(preset, name, expected):

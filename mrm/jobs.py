@@ -443,15 +443,17 @@ class JobManager:
                 return
             returncode = job.popen.returncode if job.popen is not None else None
 
-            # Record the end in job.json.
+            # Record the end in job.json. A cancel may also come from another
+            # manager that adopted this trainer.
             info = _read_json(job.run_dir / JOB_FILE) or {"run_id": job.run_id}
-            info.update(finished_at=_now(), returncode=returncode, cancel_requested=job.cancel_requested)
+            cancelled = job.cancel_requested or bool(info.get("cancel_requested"))
+            info.update(finished_at=_now(), returncode=returncode, cancel_requested=cancelled)
             write_json_atomic(job.run_dir / JOB_FILE, info)
 
             # Record in progress.json how the run ended when the trainer could not.
             progress = _read_json(job.run_dir / PROGRESS_FILE) or {}
             status = progress.get("status")
-            if job.cancel_requested and status != "done":
+            if cancelled and status != "done":
                 if status != "cancelled":
                     self._write_progress(job.run_dir, "cancelled", "cancelled by the user", progress)
             elif status not in FINISHED_STATES:

@@ -426,3 +426,38 @@ def test_show_run_no_metrics_curves_none(tmp_path):
     view = as_dict(train_tab.show_run(JobManager(tmp_path / "runs"), None))
 
     assert view["curves"] is None
+
+
+def test_push_run_sends_checkpoint_and_card(monkeypatch, manager, data_files):
+    import mrm.hub
+    from mrm.model import MRM, save_mrm
+
+    pushed = {}
+
+    def fake_push(model, repo_id, card_info, token=None, private=False):
+        pushed.update(model=model, repo_id=repo_id, card_info=card_info, private=private)
+        return f"https://huggingface.co/{repo_id}/commit/abc"
+
+    monkeypatch.setenv("HF_TOKEN", "hf_placeholder")
+    monkeypatch.setattr(mrm.hub, "push_checkpoint", fake_push)
+    start_files(manager, data_files)
+    status = wait_until_finished(manager)
+    save_mrm(MRM(in_dim=4, hidden_layers=(2,)), status.run_dir / "best")
+
+    message = train_tab.push_run(manager, status.run_id, " me/head ", "demo", True)
+
+    assert "Pushed run" in message
+    assert pushed["repo_id"] == "me/head"
+    assert pushed["model"].in_dim == 4
+    assert pushed["card_info"]["encoder"] == "demo"
+    assert pushed["card_info"]["results"]["seen"] == pytest.approx(0.61)
+    assert pushed["private"] is True
+
+
+def test_push_run_bad_checkpoint_message(monkeypatch, manager, data_files):
+    monkeypatch.setenv("HF_TOKEN", "hf_placeholder")
+    start_files(manager, data_files)
+    status = wait_until_finished(manager)
+
+    # The stand-in trainer's best/ folder contains no weights.
+    assert "Push failed" in train_tab.push_run(manager, status.run_id, "me/head", "demo", False)

@@ -111,6 +111,13 @@ def test_browser_upload_non_utf8_csv(browser_page, tmp_path):
     wait_for_rows(page, 4)
 
 
+def test_browser_download_labels_csv(browser_page):
+    page, _ = browser_page
+    page.click("#mrm-download")
+    link = page.wait_for_selector("#mrm-download-file a[download='labelled_pairs.csv']")
+    assert link.is_visible()
+
+
 def test_browser_adapt_shows_weights(browser_page):
     page, _ = browser_page
     page.click("#mrm-adapt")
@@ -135,6 +142,14 @@ def test_browser_score_ranks_candidates(browser_page):
     page.wait_for_selector("#mrm-score-status:has-text('Scored')")
     assert page.locator("#mrm-score-table").inner_text().count("#") >= 2
     page.screenshot(path=str(ARTIFACTS / "personalize_scored.png"), full_page=True)
+
+
+def test_browser_export_profile(browser_page):
+    page, _ = browser_page
+    page.click("#mrm-profile button:has-text('Personal profile')")
+    page.click("#mrm-export")
+    page.wait_for_selector("#mrm-profile-status:has-text('Profile written')")
+    assert page.locator("#mrm-profile-file a[download='mrm_profile.json']").count() == 1
 
 
 def test_browser_makes_no_foreign_requests(browser_page):

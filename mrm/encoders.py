@@ -19,19 +19,24 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
+from huggingface_hub.errors import EntryNotFoundError
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mrm.demo_encoder import DEMO_ENCODER, DemoEncoder
-from mrm.encoder_base import EncodedBatch, Encoder, EncoderLoadError
+from mrm.encoder_base import EncodedBatch, Encoder, EncoderLoadError, length_batches
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "Skywork/Skywork-Reward-V2-Llama-3.1-8B"
-# Version of the recipe below; part of the cache key so that a change of
+# Version of the embedding recipe. It is part of the cache key, so a changed
 # recipe never serves embeddings computed the old way.
 EMBEDDING_RECIPE = "final-norm-last-token/v1"
+# Exceptions that transformers and huggingface_hub raise for a missing, gated
+# or unreachable model or an unreadable folder. The Hub's HTTP errors are OSErrors.
+_LOAD_ERRORS = (OSError, ValueError, KeyError, ImportError, EntryNotFoundError, httpx.HTTPError)
 # Stands in for the prompt when locating the prompt inside the templated text.
 _PROMPT_MARKER = "MRMPROMPTMARKER7f3a"
 
@@ -73,8 +78,8 @@ class RewardModelEncoder(Encoder):
     returned in input order. The model runs in bf16 on CUDA and fp32 on the CPU.
 
     A conversation longer than `max_length` tokens loses tokens from the start
-    of the prompt, never from the response or the template around it; if even
-    the empty-prompt conversation is too long, `encode` raises `ValueError`.
+    of the prompt, never from the response or the template around it. If the
+    conversation is too long even with an empty prompt, `encode` raises `ValueError`.
     """
 
     has_scores = True
@@ -86,23 +91,24 @@ class RewardModelEncoder(Encoder):
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         max_length: int | None = None,
+        max_batch_tokens: int | None = None,
         dtype: torch.dtype | None = None,
         token: str | None = None,
         local_files_only: bool = False,
         hub_cache_dir: str | Path | None = None,
     ):
-        super().__init__(cache_dir)
+        super().__init__(cache_dir, max_batch_tokens)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.encoder_id = str(name_or_path)
-        self.dtype = dtype or (torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32)
         target = resolve_device(device)
+        self.dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         hub_options: dict[str, Any] = {"revision": revision, "token": token, "cache_dir": hub_cache_dir}
         if local_files_only:
             hub_options["local_files_only"] = True
 
-        # Load; on a GPU, accelerate places the weights (all GPUs for a bare
-        # "cuda", one GPU for "cuda:N").
+        # On a GPU, accelerate places the weights: across all GPUs for a bare
+        # "cuda", on one GPU for "cuda:N".
         placement: dict[str, Any] = {}
         if target.type == "cuda":
             placement["device_map"] = "auto" if target.index is None else {"": str(target)}
@@ -111,9 +117,9 @@ class RewardModelEncoder(Encoder):
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 name_or_path, dtype=self.dtype, **placement, **hub_options
             )
-        except Exception as error:  # transformers and the Hub raise many types; all are reported the same way
+        except _LOAD_ERRORS as error:
             raise EncoderLoadError(
-                f"Could not load the reward model '{name_or_path}' (revision {revision or 'default'}): "
+                f"Failed to load the reward model '{name_or_path}' (revision {revision or 'default'}): "
                 f"{type(error).__name__}: {error}\n{load_hint(name_or_path)}"
             ) from error
         if not placement:
@@ -124,23 +130,23 @@ class RewardModelEncoder(Encoder):
         head = getattr(self.model, "score", None)
         if not isinstance(head, nn.Linear):
             raise EncoderLoadError(
-                f"'{name_or_path}' has no linear `score` head ({type(self.model).__name__}); "
-                "pass a decoder sequence-classification reward model such as "
+                f"'{name_or_path}' ({type(self.model).__name__}) has no linear `score` head. "
+                "Pass a decoder sequence-classification reward model such as "
                 f"'{DEFAULT_ENCODER}', or use `--encoder demo`."
             )
         self.head = head
         self.has_scores = head.out_features == 1
         if not self.has_scores:
             logger.warning(
-                "%s has %d labels, not 1; scores are not returned", name_or_path, head.out_features
+                "%s has %d labels, not 1, so no scores are returned", name_or_path, head.out_features
             )
         self.base_model = getattr(self.model, self.model.base_model_prefix)
         self.hidden_size = int(head.in_features)
         self.device = self.model.get_input_embeddings().weight.device
         if self.tokenizer.chat_template is None:
             raise EncoderLoadError(
-                f"The tokenizer of '{name_or_path}' has no chat template; a reward model for "
-                "conversations needs one."
+                f"The tokenizer of '{name_or_path}' has no chat template, which a reward model for "
+                "conversations needs. Pass a model whose tokenizer defines one."
             )
 
         # Padding id: any id works because the attention mask hides padding,
@@ -215,7 +221,7 @@ class RewardModelEncoder(Encoder):
             )
         end = start + len(text) - (len(marked) - len(_PROMPT_MARKER))
 
-        # Drop the first prompt tokens; tokens that straddle the prompt's edges
+        # Drop the first prompt tokens. Tokens that straddle the prompt's edges
         # belong to the template and stay.
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
@@ -235,12 +241,11 @@ class RewardModelEncoder(Encoder):
             self.tokenize(prompt, response, text, index)
             for index, prompt, response, text in zip(indices, prompts, responses, texts)
         ]
-        order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i][0]))  # longest first
+        lengths = [len(ids) for ids, _ in tokenized]
         embeddings = torch.zeros(len(tokenized), self.hidden_size)
         scores = torch.zeros(len(tokenized))
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=f"Embedding with {self.encoder_id}", disable=not progress):
-            rows = order[start : start + batch_size]
+        batches = length_batches(lengths, batch_size, self.max_batch_tokens)
+        for rows in tqdm(batches, desc=f"Embedding with {self.encoder_id}", disable=not progress):
             batch_embeddings, batch_scores = self.forward_ids([tokenized[i][0] for i in rows])
             embeddings[rows] = batch_embeddings
             scores[rows] = batch_scores
@@ -258,6 +263,7 @@ class RewardModelEncoder(Encoder):
             attention_mask[row, : len(ids)] = 1
         return self.pool_last_token(input_ids.to(self.device), attention_mask.to(self.device))
 
+    @torch.inference_mode()
     def pool_last_token(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Return the final-norm hidden state at each row's last real token, and its score."""
         outputs = self.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -270,8 +276,8 @@ class RewardModelEncoder(Encoder):
         return pooled.float().cpu(), scores.float().cpu()
 
     def _template_lacks_bos(self) -> bool:
-        # Llama-3 templates write the BOS token themselves; for a template that
-        # does not, add the BOS the tokenizer would normally add, once.
+        # Llama-3 templates write the BOS token themselves. For a template that
+        # does not, the BOS that the tokenizer would add is prepended once.
         bos_id = self.tokenizer.bos_token_id
         if bos_id is None:
             return False
@@ -290,13 +296,15 @@ def last_token_positions(attention_mask: Tensor) -> Tensor:
 
 
 def _model_max_length(tokenizer, config) -> int:
-    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    limits = [
-        int(limit) for limit in limits if limit and int(limit) < 10**7
-    ]  # tokenizers use 1e30 for "none"
+    candidates = [
+        getattr(config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    # Tokenizers without a limit report a huge sentinel (about 1e30).
+    limits = [int(limit) for limit in candidates if limit and int(limit) < 10**7]
     if not limits:
         raise EncoderLoadError(
-            "Neither the model config nor the tokenizer gives a maximum length; pass max_length."
+            "Neither the model config nor the tokenizer sets a maximum length. Pass max_length."
         )
     return min(limits)
 

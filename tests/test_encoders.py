@@ -10,6 +10,7 @@ import torch
 
 from mrm.demo_encoder import DemoEncoder
 from mrm.embed_cache import KEY_FILE_NAME, EmbeddingCache, EmbeddingCacheError
+from mrm.encoder_base import length_batches
 from mrm.encoders import (
     DEMO_ENCODER,
     EncoderLoadError,
@@ -81,7 +82,7 @@ def test_reward_encoder_output_types(tiny_encoder, mixed_pairs):
     assert batch.num_truncated == 0
 
 
-def test_reward_encoder_score_head_reproduces_score(tiny_encoder, mixed_pairs):
+def test_score_head_reproduces_score(tiny_encoder, mixed_pairs):
     prompts, responses = mixed_pairs
     batch = tiny_encoder.encode(prompts, responses, batch_size=3)
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_reward_encoder_score_head_reproduces_score(tiny_encoder, mixed_pairs):
     torch.testing.assert_close(head_scores, batch.scores, rtol=1e-4, atol=1e-5)
 
 
-def test_reward_encoder_score_equals_model_forward(tiny_encoder, mixed_pairs):
+def test_score_equals_model_forward(tiny_encoder, mixed_pairs):
     prompts, responses = mixed_pairs
     batch = tiny_encoder.encode(prompts, responses, batch_size=5)
     for index in (0, 7):
@@ -106,7 +107,26 @@ def test_reward_encoder_ids_have_one_bos(tiny_encoder, mixed_pairs):
     assert ids[0] == bos_id
 
 
-def test_tiny_tokenizer_naive_path_gives_two_bos(tiny_encoder):
+def test_template_without_bos_gets_one(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "no_bos_template"
+    shutil.copytree(tiny_model_dir, model_dir)
+    template_path = model_dir / "chat_template.jinja"
+    template_path.write_text(template_path.read_text().replace("{{ bos_token }}", ""))
+    encoder = RewardModelEncoder(str(model_dir), device="cpu")
+    ids, _ = encoder.tokenize("a prompt", "a response")
+    assert ids.count(encoder.tokenizer.bos_token_id) == 1
+    assert ids[0] == encoder.tokenizer.bos_token_id
+
+
+def test_load_without_chat_template_rejected(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "no_template"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "chat_template.jinja").unlink()
+    with pytest.raises(EncoderLoadError, match="has no chat template"):
+        RewardModelEncoder(str(model_dir), device="cpu")
+
+
+def test_naive_tokenisation_gives_two_bos(tiny_encoder):
     # The fixture must reproduce the trap, or the test above proves nothing.
     text = tiny_encoder.render("a prompt", "a response")
     ids = tiny_encoder.tokenizer(text)["input_ids"]
@@ -132,6 +152,29 @@ def test_last_token_positions_right_padding():
 def test_last_token_positions_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
     assert last_token_positions(mask).tolist() == [4, 4, 4]
+
+
+def test_length_batches_longest_first():
+    assert length_batches([3, 9, 5, 1], batch_size=2) == [[1, 2], [0, 3]]
+
+
+def test_length_batches_token_budget():
+    # 10 tokens allow one row of 9 tokens, then rows of 5 and 3 together (2 x 5).
+    assert length_batches([3, 9, 5, 1], batch_size=4, max_batch_tokens=10) == [[1], [2, 0], [3]]
+
+
+def test_length_batches_row_over_budget_alone():
+    assert length_batches([50, 2], batch_size=4, max_batch_tokens=10) == [[0], [1]]
+
+
+def test_token_budget_keeps_embeddings(tiny_model_dir, tiny_encoder, mixed_pairs):
+    prompts, responses = mixed_pairs
+    budgeted = RewardModelEncoder(str(tiny_model_dir), device="cpu", max_batch_tokens=300)
+    counter = ForwardCounter(budgeted.base_model)
+    result = budgeted.encode(prompts, responses, batch_size=16)
+    expected = tiny_encoder.encode(prompts, responses, batch_size=16)
+    assert counter.calls > 1
+    assert relative_error(result.embeddings, expected.embeddings) < 1e-4
 
 
 def test_encode_empty_input(tiny_encoder):
@@ -164,7 +207,7 @@ def test_long_prompt_truncated_to_max_length(short_encoder):
     assert len(ids) == 64
 
 
-def test_long_prompt_keeps_response_and_prompt_end(short_encoder):
+def test_long_prompt_keeps_end_and_response(short_encoder):
     prompt = " ".join(f"w{i}" for i in range(60))
     response = "The short answer."
     ids, _ = short_encoder.tokenize(prompt, response)
@@ -271,7 +314,7 @@ def test_cache_of_other_max_length_not_read(tiny_model_dir, tmp_path, mixed_pair
     assert counter.rows == len(prompts)
 
 
-def test_cache_of_retrained_model_folder_not_read(tmp_path, tmp_path_factory, mixed_pairs):
+def test_cache_misses_after_model_retrained(tmp_path, tmp_path_factory, mixed_pairs):
     prompts, responses = mixed_pairs
     model_dir = build_tiny_reward_model(tmp_path_factory.mktemp("rm_retrained"), seed=3)
     RewardModelEncoder(str(model_dir), device="cpu", cache_dir=tmp_path).encode(prompts, responses)
@@ -317,7 +360,12 @@ def test_load_missing_model_names_fixes():
     assert "no-such-org/no-such-reward-model" in message
 
 
-def test_load_from_offline_hub_cache_sets_revision(tiny_model_dir, tmp_path):
+def test_load_folder_without_model_names_fixes(tmp_path):
+    with pytest.raises(EncoderLoadError, match="--encoder demo"):
+        load_encoder(str(tmp_path), device="cpu")
+
+
+def test_offline_hub_cache_sets_revision(tiny_model_dir, tmp_path):
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "models--tiny-org--tiny-rm"
     shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
@@ -357,7 +405,7 @@ def test_demo_encoder_batched_equals_single(demo_encoder, mixed_pairs):
     assert relative_error(batched.embeddings, single) < 1e-4
 
 
-def test_demo_encoder_keeps_response_for_long_prompt(demo_encoder):
+def test_demo_keeps_response_long_prompt(demo_encoder):
     dim = demo_encoder.sentence_dim
     long_prompt = "My landlord raised the rent again and I do not know what to do. " * 60
     responses = ["Landlord raised rent; asks for advice.", "Maybe the rent is somewhat high, perhaps?"]
@@ -373,7 +421,7 @@ def test_demo_encoder_counts_truncated_prompt(demo_encoder):
     assert batch.num_truncated == 1
 
 
-def test_demo_encoder_length_feature_grows_with_length(demo_encoder):
+def test_demo_length_feature_grows(demo_encoder):
     responses = [
         "Rent up.",
         "The landlord raised the rent again this year and the tenant asks what to do now.",
@@ -383,7 +431,7 @@ def test_demo_encoder_length_feature_grows_with_length(demo_encoder):
     assert batch.embeddings[1, length_column] > batch.embeddings[0, length_column]
 
 
-def test_demo_encoder_prompt_changes_conditioned_block(demo_encoder):
+def test_demo_prompt_changes_conditioned_block(demo_encoder):
     dim = demo_encoder.sentence_dim
     batch = demo_encoder.encode(["My cat is sick.", "My landlord raised the rent."], ["Rent up."] * 2)
     assert not torch.allclose(batch.embeddings[0, dim:], batch.embeddings[1, dim:])

@@ -114,13 +114,19 @@ def make_text(rng: random.Random, num_words: int) -> str:
 
 
 def make_pairs(
-    count: int, seed: int = 0, min_words: int = 3, max_words: int = 60
+    count: int, seed: int = 0, min_words: int = 3, max_words: int = 60, responses_per_prompt: int = 1
 ) -> tuple[list[str], list[str]]:
-    """Return `count` (prompt, response) pairs of mixed lengths; responses are shorter than prompts."""
+    """Return `count` (prompt, response) pairs of mixed lengths; responses are shorter than prompts.
+
+    With `responses_per_prompt` > 1, consecutive pairs share a prompt, as the
+    chosen and rejected summaries of one post do.
+    """
     rng = random.Random(seed)
     prompts, responses = [], []
-    for _ in range(count):
-        prompts.append(make_text(rng, rng.randint(min_words, max_words)))
+    for index in range(count):
+        if index % responses_per_prompt == 0:
+            prompt = make_text(rng, rng.randint(min_words, max_words))
+        prompts.append(prompt)
         responses.append(make_text(rng, rng.randint(min_words, max(min_words, max_words // 3))))
     return prompts, responses
 

@@ -248,6 +248,7 @@ class RunFolder:
 
     def __init__(self, path: str | None):
         self.path = Path(path) if path else None
+        self.last_epoch = 0
         if self.path:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -260,7 +261,11 @@ class RunFolder:
         if self.path:
             write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
-    def progress(self, status: str, epoch: int, epochs: int, message: str = "") -> None:
+    def progress(self, status: str, epoch: int | None, epochs: int, message: str = "") -> None:
+        """Record the run state; `epoch=None` keeps the last finished epoch (for cancelled or failed runs)."""
+        if epoch is None:
+            epoch = self.last_epoch
+        self.last_epoch = epoch
         self.write_json("progress.json", {"status": status, "epoch": epoch, "epochs": epochs, "message": message, "time": time.time()})
 
     def save_model(self, model: MRM, name: str, extra: dict) -> None:
@@ -282,10 +287,10 @@ def meta_train(config: TrainConfig, callback: Callable[[dict], None] | None = No
         with single_cpu_thread(resolve_device(config.device)):
             return _meta_train(config, run, callback or (lambda event: None))
     except KeyboardInterrupt:
-        run.progress("cancelled", -1, config.epochs, "cancelled by the user")
+        run.progress("cancelled", None, config.epochs, "cancelled by the user")
         raise
     except Exception as error:
-        run.progress("failed", -1, config.epochs, f"{type(error).__name__}: {error}")
+        run.progress("failed", None, config.epochs, f"{type(error).__name__}: {error}")
         raise
 
 

@@ -319,12 +319,18 @@ def adapt_profile(runtime, labels: Labels, steps: Any, lr: Any) -> AdaptOutcome:
     )
 
 
+def weight_bar_labels(num_bases: int) -> list[str]:
+    """Category labels of the weights bar plot, in display order: each base reward before, then after."""
+    return [f"{index} {stage}" for index in range(1, num_bases + 1) for stage in ("meta-init", "personalised")]
+
+
 def weights_frame(weights_before: list[float], weights_after: list[float]) -> pd.DataFrame:
     """Mixture weights before and after adapting, one row per (base reward, stage), for a bar plot."""
+    labels = iter(weight_bar_labels(len(weights_before)))
     rows = []
-    for index, (before, after) in enumerate(zip(weights_before, weights_after), start=1):
-        rows.append({"base reward": f"base {index} · meta-init", "weight": before, "stage": "meta-init"})
-        rows.append({"base reward": f"base {index} · personalised", "weight": after, "stage": "personalised"})
+    for before, after in zip(weights_before, weights_after):
+        rows.append({"base reward": next(labels), "weight": before, "stage": "meta-init"})
+        rows.append({"base reward": next(labels), "weight": after, "stage": "personalised"})
     return pd.DataFrame(rows, columns=["base reward", "weight", "stage"])
 
 

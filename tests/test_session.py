@@ -384,6 +384,11 @@ def test_weights_frame_rows():
     assert set(frame["stage"]) == {"meta-init", "personalised"}
 
 
+def test_weights_frame_follows_bar_order():
+    frame = session.weights_frame([0.1, 0.2, 0.7], [0.3, 0.3, 0.4])
+    assert frame["base reward"].tolist() == session.weight_bar_labels(3)
+
+
 def test_curve_frame_rows():
     frame = session.curve_frame([0.7, 0.6], [0.5, 1.0])
     assert frame["step"].tolist() == [0, 1, 0, 1]

@@ -134,7 +134,8 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
     adapt_status = gr.Markdown("Not adapted yet.", elem_classes="mrm-status", elem_id="mrm-adapt-status")
     with gr.Row():
         weights_plot = gr.BarPlot(x="base reward", y="weight", color="stage", y_lim=[0, 1],
-                                  label="Mixture weights before and after", sort=None, elem_id="mrm-weights-plot")
+                                  sort=session.weight_bar_labels(runtime.num_bases), x_label_angle=-35,
+                                  label="Mixture weights before and after", elem_id="mrm-weights-plot")
         curve_plot = gr.LinePlot(x="step", y="value", color="metric",
                                  label="Support loss and accuracy per Adam step", elem_id="mrm-curve-plot")
 

@@ -1,4 +1,4 @@
-"""What the app runs on: the choice of encoder and checkpoint, and the loaded pair.
+"""App runtime: the choice of encoder and checkpoint, and the loaded pair.
 
 Mode selection:
 
@@ -187,7 +187,7 @@ class Runtime:
         return self.model.num_bases
 
     def init_logits(self) -> list[float]:
-        """The meta-learned mixture logits, as plain floats."""
+        """Return the meta-learned mixture logits as plain floats."""
         return [float(v) for v in self.model.shared_weight.detach().cpu()]
 
     def encode(self, prompts: list[str], responses: list[str]) -> tuple[Tensor, Tensor | None]:
@@ -197,7 +197,7 @@ class Runtime:
         return _encode_with(self.encoder, prompts, responses)
 
     def base_rewards(self, embeddings: Tensor) -> Tensor:
-        """Base rewards `[N, K]` of CPU embeddings `[N, H]` (no grad)."""
+        """Compute base rewards `[N, K]` of CPU embeddings `[N, H]` without gradients."""
         with torch.no_grad():
             return self.model.base_rewards(embeddings)
 

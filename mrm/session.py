@@ -139,7 +139,7 @@ def labels_to_rows(labels: Labels) -> list[list[str]]:
 
 
 def labels_to_frame(labels: Labels) -> pd.DataFrame:
-    """The labels as a DataFrame with columns prompt, chosen, rejected."""
+    """Return the labels as a DataFrame with columns prompt, chosen, rejected."""
     return pd.DataFrame(labels_to_rows(labels), columns=LABEL_COLUMNS)
 
 
@@ -459,7 +459,7 @@ def check_profile_logits(logits: Any, num_bases: int) -> list[float]:
 
 
 def profile_dict(runtime, logits: list[float] | None) -> dict:
-    """The personal profile: K mixture logits plus the encoder and checkpoint they belong to."""
+    """Build the personal profile: K mixture logits plus the encoder and checkpoint they belong to."""
     if logits is None:
         raise InputError("Nothing to export yet: adapt to your labels first.")
     return {

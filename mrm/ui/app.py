@@ -32,7 +32,7 @@ THEME = gr.themes.Default(
 
 
 def header_markdown(runtime: Runtime) -> str:
-    """The page header: which encoder and checkpoint run, and why."""
+    """Return the page header: which encoder and checkpoint run, and why."""
     mode = runtime.mode
     return (
         "## Meta Reward Modeling: personalise a reward model with a few labels\n"

@@ -445,6 +445,17 @@ def test_score_candidates_wrong_logit_count(runtime):
         session.score_candidates(runtime, [0.0] * (runtime.num_bases + 1), POST, "one\ntwo")
 
 
+def test_score_candidates_reward_model_score(tmp_path):
+    from tiny_models import build_tiny_reward_model
+
+    encoder_dir = build_tiny_reward_model(tmp_path / "reward_model", hidden_size=32)
+    save_mrm(MRM(in_dim=32, hidden_layers=(2,)), tmp_path / "checkpoint")
+    mode = ModeChoice(encoder=str(encoder_dir), checkpoint=str(tmp_path / "checkpoint"), device="cpu",
+                      offline=False, reason="test")
+    outcome = session.score_candidates(load_runtime(mode), None, POST, "one\ntwo")
+    assert all(isinstance(row[5], float) for row in outcome.rows)
+
+
 # ----------------------------------------------------------------------------- profiles
 
 

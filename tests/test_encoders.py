@@ -445,3 +445,51 @@ def test_demo_encoder_cache_hit_skips_forward(tmp_path, mixed_pairs):
     second = encoder.encode(prompts, responses)
     assert counter.calls == 0
     torch.testing.assert_close(second.embeddings, first.embeddings)
+
+
+STYLE_TOPICS = [
+    "landlord raised the rent", "boss demanded weekend work", "sister crashed the car",
+    "roommate never cleans the kitchen", "girlfriend wants to move away", "friend forgot the birthday",
+    "neighbour's dog barks all night", "professor failed the final exam", "parents insist on law school",
+    "coworker takes credit for work", "brother owes money", "team lost the final",
+    "cat scratches the sofa", "phone stolen on the train", "manager cut the hours",
+    "best friend dates the ex", "flight cancelled twice", "landlord kept the deposit",
+    "son refuses homework", "wife wants a second dog", "gym raised the fee",
+    "bank froze the account", "teacher lost the essay", "uncle ruined the dinner",
+]  # fmt: skip
+
+# Style preferences as (preferred, rejected) summary templates of one post.
+STYLE_CASES = {
+    "hedging": ("OP's {t}; OP asks what to do next.", "Perhaps OP's {t}; OP maybe asks what to do."),
+    "specificity": (
+        "OP's {t} on 3 May after 2 years; asks for advice.",
+        "Something happened with OP's situation recently; asks for advice.",
+    ),
+    "tone": ("OP's {t}; OP calmly asks for advice.", "OP's {t}; OP angrily rants and insults everyone."),
+    "length": (
+        "OP's {t}.",
+        "OP explains at great length that the {t}, describes every detail, and asks many questions.",
+    ),
+}
+
+
+@pytest.mark.parametrize("style", sorted(STYLE_CASES))
+def test_demo_features_learn_style(demo_encoder, style):
+    # A bias-free linear head with the MRM input scale, trained by Bradley-Terry
+    # on 16 posts, must rank the held-out 8 posts' summaries.
+    preferred, rejected = STYLE_CASES[style]
+    prompts = [f"POST: My {topic}. What should I do?" for topic in STYLE_TOPICS]
+    chosen = demo_encoder.encode(prompts, [preferred.format(t=topic) for topic in STYLE_TOPICS]).embeddings
+    other = demo_encoder.encode(prompts, [rejected.format(t=topic) for topic in STYLE_TOPICS]).embeddings
+    differences = chosen - other  # (24, H)
+
+    weights = torch.zeros(differences.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([weights], lr=5e-3)
+    for _ in range(100):
+        loss = torch.nn.functional.softplus(-(0.01 * differences[:16] @ weights)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    held_out_correct = (differences[16:] @ weights.detach() > 0).sum().item()
+    assert held_out_correct >= 7

@@ -82,7 +82,14 @@ class EmbeddingCache:
         self._connection = sqlite3.connect(
             self.folder / DATABASE_NAME, timeout=SQLITE_TIMEOUT_S, check_same_thread=False
         )
-        self._init_database()
+        try:
+            self._init_database()
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise EmbeddingCacheError(
+                f"Failed to open the embedding cache {self.folder / DATABASE_NAME}: {error}. "
+                "Delete that folder; its embeddings will be computed again."
+            ) from error
 
     def _check_key_file(self) -> None:
         key_path = self.folder / KEY_FILE_NAME

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mrm.demo_encoder import DemoEncoder
-from mrm.embed_cache import KEY_FILE_NAME, EmbeddingCache, EmbeddingCacheError
+from mrm.embed_cache import DATABASE_NAME, KEY_FILE_NAME, EmbeddingCache, EmbeddingCacheError
 from mrm.encoder_base import length_batches
 from mrm.encoders import (
     DEMO_ENCODER,
@@ -335,6 +335,14 @@ def test_cache_folder_with_other_key_rejected(tmp_path):
     key_path.write_text(json.dumps({"encoder_id": "model-b", "revision": "1", "hidden_size": 4}))
     with pytest.raises(EmbeddingCacheError, match="belongs to another encoder"):
         EmbeddingCache(tmp_path, key, hidden_size=4)
+
+
+def test_cache_corrupt_database_rejected(tmp_path):
+    cache = EmbeddingCache(tmp_path, {"encoder_id": "model-a"}, hidden_size=4)
+    cache.close()
+    (cache.folder / DATABASE_NAME).write_bytes(b"not a database" * 100)
+    with pytest.raises(EmbeddingCacheError, match="Delete that folder"):
+        EmbeddingCache(tmp_path, {"encoder_id": "model-a"}, hidden_size=4)
 
 
 def test_cache_round_trip_values(tmp_path):

@@ -109,6 +109,8 @@ class RewardModelEncoder(Encoder):
 
         # On a GPU, accelerate places the weights: across all GPUs for a bare
         # "cuda", on one GPU for "cuda:N".
+        # NOTE: the test suite runs on the CPU only, so this CUDA branch (bf16,
+        # device_map) has not been run by the tests.
         placement: dict[str, Any] = {}
         if target.type == "cuda":
             placement["device_map"] = "auto" if target.index is None else {"": str(target)}

@@ -327,6 +327,9 @@ def noise_ceiling(
     return accuracy
 
 
+# Numbers of labelled pairs for the card's "accuracy after n labels" figures.
+LABEL_COUNTS = (1, 3, 5, 10, 20)
+
 # A reader who prefers specific, confident summaries: the taste of examples/labelled_pairs.*.
 EXAMPLE_READER_WEIGHTS = (0.0, 1.5, 0.0, -1.0)
 
@@ -474,6 +477,7 @@ def _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
             user_accuracies(head, data.embeddings, splits.seen), user_accuracies(head, data.embeddings, splits.unseen)
         )
     ceiling = noise_ceiling(posts, annotators, users)
+    few_labels = accuracy_by_label_count(result.model, data.embeddings, splits.unseen, config)
     baselines["noise_ceiling"] = _summary(
         torch.tensor([ceiling[u.user_id] for u in splits.seen]), torch.tensor([ceiling[u.user_id] for u in splits.unseen])
     )
@@ -494,6 +498,7 @@ def _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
     save_mrm(result.model, out, extra_config=extra_config)
 
     card = make_card(config, posts, annotators, results, baselines, encoder, result.model.in_dim, training)
+    card["unseen_by_labels"] = few_labels
     write_json_atomic(out / "card.json", card)
     write_json_atomic(
         out / "annotators.json",
@@ -520,6 +525,22 @@ def train_global_head(embeddings: Tensor, users: Sequence, steps: int, seed: int
         loss.backward()
         optimizer.step()
     return head.eval()
+
+
+def accuracy_by_label_count(model: MRM, embeddings: Tensor, users: Sequence, config: BuildConfig) -> list[dict]:
+    """Return the mean test accuracy of `users` after adapting on only their first n training pairs, for n in `LABEL_COUNTS`.
+
+    It estimates what a few labels in the app achieve for people who label like the simulated annotators.
+    The training pairs are already in a seeded random order (`mrm.data.select_train_pairs`).
+    """
+    from mrm.evaluate import PairSets, score_users
+
+    curve = []
+    for count in LABEL_COUNTS:
+        pair_sets = [PairSets(u.train_chosen[:count], u.train_rejected[:count], u.test_chosen, u.test_rejected) for u in users]
+        scores = score_users(model, embeddings, pair_sets, config.inner_lr, config.eval_inner_epochs)
+        curve.append({"labels": count, "accuracy": round(float(scores.after.mean()), 4)})
+    return curve
 
 
 @torch.no_grad()
@@ -585,6 +606,9 @@ def render_card_markdown(card: dict) -> str:
             )
     population = card["population"]
     training = card["training"]
+    curve = ["| labelled pairs | " + " | ".join(str(row["labels"]) for row in card.get("unseen_by_labels", [])) + " |"]
+    curve.append("|---" * (len(curve[0].split("|")) - 2) + "|")
+    curve.append("| accuracy | " + " | ".join(f"{100 * row['accuracy']:.1f}" for row in card.get("unseen_by_labels", [])) + " |")
     archetypes = "\n".join(
         f"- `{name}`: " + ", ".join(f"{attribute} {weight:+.1f}" for attribute, weight in weights.items())
         for name, weights in population["archetypes"].items()
@@ -611,6 +635,10 @@ Mean user accuracy (%) on each annotator's test pairs. The test pairs come from 
 Adaptation runs {training["eval_inner_epochs"]} Adam steps at inner_lr {training["inner_lr"]} on the annotator's {population["train_pairs"]} training pairs. The epoch ({card["best_epoch"]}) was selected on held-out training pairs of unseen annotators, never on test pairs.
 
 {chr(10).join(table)}
+
+With fewer labels, as in the app: mean test accuracy (%) of the unseen annotators after adapting on their first n training pairs only, with the same adaptation settings.
+
+{chr(10).join(curve)}
 
 ## Simulated annotators
 

@@ -383,6 +383,11 @@ def test_build_card_has_all_figures(small_builds):
         assert set(card[key]) == {"seen", "unseen", "overall", "worst10"}, key
 
 
+def test_build_card_has_label_curve(small_builds):
+    card = json.loads((small_builds[0].out / "card.json").read_text(encoding="utf-8"))
+    assert [row["labels"] for row in card["unseen_by_labels"]] == list(demo.LABEL_COUNTS)
+
+
 def test_build_writes_all_annotators(small_builds):
     annotators = json.loads((small_builds[0].out / "annotators.json").read_text(encoding="utf-8"))
     assert len(annotators) == 8
@@ -446,6 +451,12 @@ def test_committed_embeddings_match_encoder(encoder):
 def test_committed_card_shows_adaptation_gain():
     card = json.loads((DEMO_DIR / "card.json").read_text(encoding="utf-8"))
     assert card["mrm_adapted"]["overall"] > card["mrm_meta_init"]["overall"] + 0.05
+
+
+def test_committed_card_few_labels_beat_init():
+    card = json.loads((DEMO_DIR / "card.json").read_text(encoding="utf-8"))
+    five = next(row["accuracy"] for row in card["unseen_by_labels"] if row["labels"] == 5)
+    assert five > card["mrm_meta_init"]["unseen"]
 
 
 def test_committed_embeddings_match_corpus(posts, encoder):

@@ -85,15 +85,23 @@ class Encoder(ABC):
             self._cache = EmbeddingCache(self.cache_dir, self.cache_key(), self.hidden_size)
         return self._cache
 
+    def prepare_prompt(self, prompt: str | list[dict]) -> str | list[dict]:
+        """Return the prompt in the form `render` takes; encoders without chat turns flatten message lists."""
+        return flatten_prompt(prompt)
+
     def encode(
-        self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16, progress: bool = False
+        self, prompts: Sequence[str | list[dict]], responses: Sequence[str], batch_size: int = 16, progress: bool = False
     ) -> EncodedBatch:
         """Embed each (prompts[i], responses[i]) conversation.
+
+        A prompt is a string (one user turn) or a list of `{"role", "content"}`
+        messages ending with a user turn (a multi-turn conversation so far).
 
         Texts found in the cache are not run through the model, and a text that
         occurs several times in one call is embedded once.
         """
         prompts, responses = _check_pairs(prompts, responses, batch_size)
+        prompts = [self.prepare_prompt(prompt) for prompt in prompts]
         texts = [self.render(prompt, response) for prompt, response in zip(prompts, responses)]
         digests = [text_digest(text) for text in texts]
 
@@ -146,13 +154,28 @@ def _check_pairs(
         raise ValueError(
             f"Got {len(prompts)} prompts but {len(responses)} responses; pass one prompt per response."
         )
-    for name, values in (("prompts", prompts), ("responses", responses)):
-        for index, value in enumerate(values):
-            if not isinstance(value, str):
-                raise TypeError(f"{name}[{index}] is {type(value).__name__}, expected str")
+    for index, value in enumerate(prompts):
+        if isinstance(value, list):
+            if not value or not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in value):
+                raise TypeError(f"prompts[{index}] is a list but not a non-empty list of {{'role', 'content'}} messages")
+        elif not isinstance(value, str):
+            raise TypeError(f"prompts[{index}] is {type(value).__name__}, expected str or a list of messages")
+    for index, value in enumerate(responses):
+        if not isinstance(value, str):
+            raise TypeError(f"responses[{index}] is {type(value).__name__}, expected str")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return prompts, responses
+
+
+def flatten_prompt(prompt: str | list[dict]) -> str:
+    """Turn a list of chat messages into one "User: ... / Assistant: ..." transcript; a string passes through."""
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1:
+        return prompt[0]["content"]
+    labels = {"user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{labels.get(m['role'], m['role'])}: {m['content']}" for m in prompt)
 
 
 def length_batches(

@@ -191,9 +191,14 @@ class RewardModelEncoder(Encoder):
             key["local_files"] = self._local_fingerprint
         return key
 
-    def render(self, prompt: str, response: str) -> str:
-        """Return the chat-templated conversation [user: prompt, assistant: response]."""
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    def prepare_prompt(self, prompt: str | list[dict]) -> str | list[dict]:
+        # Multi-turn prompts (PRISM) stay chat turns, so earlier turns are templated as turns.
+        return prompt
+
+    def render(self, prompt: str | list[dict], response: str) -> str:
+        """Return the chat-templated conversation [*prompt turns, assistant: response]."""
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        messages = [*turns, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
 
     def tokenize(
@@ -204,6 +209,15 @@ class RewardModelEncoder(Encoder):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         truncated = False
         budget = self.max_length - int(self._prepend_bos)
+        # A multi-turn prompt loses whole earlier messages first; its last user turn is then cut like a string prompt.
+        while len(ids) > budget and isinstance(prompt, list) and len(prompt) > 1:
+            prompt = prompt[1:]
+            text = self.render(prompt, response)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            truncated = True
+        if isinstance(prompt, list) and len(prompt) == 1 and len(ids) > budget:
+            prompt = prompt[0]["content"]
+            text = self.render(prompt, response)
         if len(ids) > budget:
             ids = self._truncate_prompt(prompt, response, text, budget, index)
             truncated = True

@@ -241,20 +241,13 @@ def chunks_for_process(total_chunks: int, process_index: int, num_processes: int
     return list(range(process_index, total_chunks, num_processes))
 
 
-def prompt_text(prompt: str | list[dict]) -> str:
-    """Return the prompt string given to the encoder.
+def prompt_text(prompt: str | list[dict]) -> str | list[dict]:
+    """Return the prompt given to the encoder: a string, or PRISM's list of chat messages unchanged.
 
-    NOTE: the encoder interface takes one prompt string, so a multi-turn PRISM
-    prompt is flattened into a "User:/Assistant:" transcript. The published
-    PRISM embeddings rendered the earlier turns as chat-template turns instead,
-    so these embeddings differ from the published ones for multi-turn prompts.
+    The reward-model encoder templates a message list as chat turns, as the
+    published PRISM embeddings were made; the demo encoder flattens it.
     """
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1:
-        return prompt[0]["content"]
-    labels = {"user": "User", "assistant": "Assistant"}
-    return "\n\n".join(f"{labels.get(message['role'], message['role'])}: {message['content']}" for message in prompt)
+    return prompt
 
 
 def embed_shards(

@@ -501,3 +501,40 @@ def test_demo_features_learn_style(demo_encoder, style):
 
     held_out_correct = (differences[16:] @ weights.detach() > 0).sum().item()
     assert held_out_correct >= 7
+
+
+# Multi-turn prompts (PRISM conversations so far).
+
+HISTORY = [
+    {"role": "user", "content": "first question about gardens"},
+    {"role": "assistant", "content": "first answer about soil"},
+    {"role": "user", "content": "second question about water"},
+]
+
+
+def test_multi_turn_prompt_rendered_as_turns(tiny_encoder):
+    text = tiny_encoder.render(HISTORY, "final reply")
+    assert text.index("first answer about soil") < text.index("second question about water") < text.index("final reply")
+
+
+def test_multi_turn_prompt_differs_from_flattened(tiny_encoder):
+    turns = tiny_encoder.encode([HISTORY], ["final reply"]).embeddings
+    flat = tiny_encoder.encode(["first question about gardens first answer about soil second question about water"], ["final reply"]).embeddings
+    assert not torch.allclose(turns, flat)
+
+
+def test_multi_turn_truncation_drops_oldest_turns(short_encoder):
+    long_history = [{"role": "user", "content": "old " * 80}, {"role": "assistant", "content": "older " * 10}, HISTORY[2]]
+    ids, truncated = short_encoder.tokenize(long_history, "final reply")
+    assert truncated
+    assert len(ids) <= 64
+
+
+def test_demo_encoder_flattens_message_lists(demo_encoder):
+    batch = demo_encoder.encode([HISTORY], ["final reply"])
+    assert batch.embeddings.shape == (1, demo_encoder.hidden_size)
+
+
+def test_bad_message_list_is_rejected(tiny_encoder):
+    with pytest.raises(TypeError, match="list of"):
+        tiny_encoder.encode([[{"role": "user"}]], ["reply"])

@@ -26,7 +26,7 @@ from mrm.datasets import (
     prism_conversation_pairs,
     split_conversations,
 )
-from mrm.encoder_base import EncodedBatch
+from mrm.encoder_base import EncodedBatch, flatten_prompt
 from mrm.encoders import load_encoder
 from mrm.prepare import (
     EmbedConfig,
@@ -259,14 +259,15 @@ def test_prism_missing_file_is_an_error(tmp_path):
         load_prism(tmp_path)
 
 
-def test_prompt_text_flattens_history():
-    prompt = [
-        {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},
-        {"role": "user", "content": "Bye"},
-    ]
-    assert prompt_text(prompt) == "User: Hi\n\nAssistant: Hello\n\nUser: Bye"
-    assert prompt_text(prompt[:1]) == "Hi"
+def test_prompt_text_keeps_chat_history():
+    prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    assert prompt_text(prompt) == prompt
+
+
+def test_flatten_prompt_for_demo_encoder():
+    prompt = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    assert flatten_prompt(prompt) == "User: Hi\n\nAssistant: Hello\n\nUser: Bye"
+    assert flatten_prompt(prompt[:1]) == "Hi"
 
 
 # ----------------------------------------------------------------------------- pairs files

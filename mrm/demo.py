@@ -661,13 +661,13 @@ An annotator prefers summary a over summary b of the same post with probability 
 # ----------------------------------------------------------------------------- command line
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type, prefix: str = "") -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
     for item in fields(config_type):
         if item.name == "population":
             continue
         default = None if item.default is dataclasses.MISSING else item.default
         parser.add_argument(
-            f"--{prefix}{item.name}",
+            f"--{item.name}",
             type=type(default),
             default=default,
             help=f"{item.metadata.get('help', '')} (default: {default})",
@@ -689,19 +689,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: python -m mrm demo build [--out DIR] [--seed N] [--epochs N] [...]\n"
-            "  build   embed the demo corpus, simulate annotators, meta-train MRM and write the demo bundle"
-        )
-        return 0 if argv else 2
+    usage = (
+        "usage: python -m mrm demo build [--out DIR] [--seed N] [--epochs N] [...]\n"
+        "  build   embed the demo corpus, simulate annotators, meta-train MRM and write the demo bundle"
+    )
+    if not argv:
+        print(usage, file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
     if argv[0] != "build":
         print(f"unknown demo subcommand {argv[0]!r}; the only one is 'build'", file=sys.stderr)
         return 2
 
     config = parse_build_config(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = build_bundle(config)
+    from mrm.encoder_base import EncoderLoadError
+
+    try:
+        result = build_bundle(config)
+    except (CorpusError, EncoderLoadError, ValueError) as error:
+        # ValueError covers invalid settings, which meta_train and the simulation name with their values.
+        print(f"demo build failed: {error}", file=sys.stderr)
+        return 1
     card = result.card
     print(f"wrote the demo bundle to {result.out}")
     for key in ("mrm_adapted", "mrm_meta_init", "global_bt", "noise_ceiling"):

@@ -414,6 +414,16 @@ def test_main_without_subcommand_returns_2(capsys):
     assert demo.main([]) == 2
 
 
+def test_main_build_bad_corpus_returns_1(tmp_path, capsys):
+    assert demo.main(["build", "--corpus", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 1
+    assert "corpus file not found" in capsys.readouterr().err
+
+
+def test_main_build_invalid_setting_returns_1(tmp_path, capsys):
+    assert demo.main(["build", "--val_post_fraction", "1.5", "--out", str(tmp_path / "out")]) == 1
+    assert "val_post_fraction=1.5" in capsys.readouterr().err
+
+
 def test_main_build_help_exits_zero(capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["build", "--help"])

@@ -5,16 +5,13 @@ Usage:
     with launched_app() as url:
         client = gradio_client.Client(url)
 
-The app runs in offline demo mode with analytics and Hub access switched off.
-When the committed demo checkpoint is not there yet, a small MRM head with the
-demo encoder's width is built into a temporary folder and passed with
-`--checkpoint` (unless `extra_args` already names one).
+The app runs in offline demo mode (demo encoder, committed checkpoint in
+`assets/demo/`) with analytics and Hub access switched off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import socket
@@ -28,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CHECKPOINT_DIR = REPO_ROOT / "assets" / "demo"
 START_TIMEOUT_S = 90.0
 
 
@@ -37,36 +33,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def demo_checkpoint_exists() -> bool:
-    """Return True when `assets/demo/` contains a loadable checkpoint file."""
-    if not DEMO_CHECKPOINT_DIR.is_dir():
-        return False
-    return any(p.suffix in {".safetensors", ".pt", ".pth", ".bin"} for p in DEMO_CHECKPOINT_DIR.iterdir())
-
-
-@functools.cache
-def demo_encoder_width() -> int:
-    """Return the embedding width of the demo encoder (loads it once per process)."""
-    from mrm.encoders import DEMO_ENCODER, load_encoder
-
-    return load_encoder(DEMO_ENCODER).hidden_size
-
-
-def build_stand_in_checkpoint(directory: Path, num_bases: int = 2, seed: int = 0) -> Path:
-    """Save a random MRM head with the demo encoder's width into `directory`."""
-    import torch
-
-    from mrm.encoders import DEMO_ENCODER
-    from mrm.model import MRM, save_mrm
-
-    width = demo_encoder_width()
-    torch.manual_seed(seed)
-    model = MRM(in_dim=width, hidden_layers=(num_bases,))
-    with torch.no_grad():
-        model.shared_weight.copy_(torch.zeros(num_bases))
-    return save_mrm(model, directory, extra_config={"encoder": DEMO_ENCODER})
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
@@ -114,8 +80,6 @@ def launched_app(extra_args: Sequence[str] = (), env: dict[str, str] | None = No
     with tempfile.TemporaryDirectory(prefix="mrm-app-") as tmp:
         tmp_dir = Path(tmp)
         args = [sys.executable, str(REPO_ROOT / "app.py"), "--offline", "--host", "127.0.0.1", "--port", str(port)]
-        if "--checkpoint" not in extra_args and not demo_checkpoint_exists():
-            args += ["--checkpoint", str(build_stand_in_checkpoint(tmp_dir / "checkpoint"))]
         args += list(extra_args)
 
         child_env = {

@@ -1,7 +1,6 @@
 """Unit tests of the Personalize tab's event logic (`mrm.session`) and mode selection (`mrm.runtime`).
 
-They run the real demo encoder and a real MRM head: the committed demo
-checkpoint when it exists, else a random head of the demo encoder's width.
+They run the real demo encoder with the committed demo checkpoint.
 """
 
 from __future__ import annotations
@@ -14,11 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_server import (
-    DEMO_CHECKPOINT_DIR,
-    build_stand_in_checkpoint,
-    demo_checkpoint_exists,
-)
 
 from mrm import session
 from mrm.model import MRM, save_mrm
@@ -46,13 +40,9 @@ def no_hub_check() -> bool:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
-    if demo_checkpoint_exists():
-        checkpoint = str(DEMO_CHECKPOINT_DIR)
-    else:
-        checkpoint = str(build_stand_in_checkpoint(tmp_path_factory.mktemp("checkpoint")))
+def runtime():
     # offline=False keeps load_runtime from changing this process's environment.
-    mode = ModeChoice(encoder="demo", checkpoint=checkpoint, device="cpu", offline=False, reason="test")
+    mode = ModeChoice(encoder="demo", checkpoint=DEMO_CHECKPOINT, device="cpu", offline=False, reason="test")
     return load_runtime(mode)
 
 

@@ -178,8 +178,10 @@ def write_embedding_files(prefix: str | os.PathLike, embeddings: Tensor, users: 
     prefix = Path(prefix)
     validate_entries(users, num_rows=embeddings.shape[0], source=f"{prefix}.json")
     pt_path, json_path = prefix.with_name(prefix.name + ".pt"), prefix.with_name(prefix.name + ".json")
-    with atomic_path(pt_path) as tmp:
-        torch.save(embeddings.detach().cpu().contiguous(), tmp)
+    # Saved through a file handle: torch.save records a path's name in the archive,
+    # which would make identical tensors give different bytes.
+    with atomic_path(pt_path) as tmp, open(tmp, "wb") as handle:
+        torch.save(embeddings.detach().cpu().contiguous(), handle)
     write_json_atomic(json_path, dict(users), indent=None)
     return pt_path, json_path
 

@@ -164,3 +164,10 @@ def test_reddit_entries_without_split_are_rejected(tmp_path):
     data = read_embedding_files(*write_embedding_files(tmp_path / "d", torch.randn(2, 4), users))
     with pytest.raises(DataError, match="only PRISM files may omit it"):
         build_user_splits(data, seed=0)
+
+
+def test_embedding_file_bytes_are_reproducible(tmp_path):
+    users = {"u": [{"chosen_idx": 0, "rejected_idx": 1, "split": "train"}]}
+    first = write_embedding_files(tmp_path / "a", torch.ones(3, 4), users)[0].read_bytes()
+    second = write_embedding_files(tmp_path / "a", torch.ones(3, 4), users)[0].read_bytes()
+    assert first == second

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,24 @@ def test_apply_offline_environment_sets_flags(monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+
+
+def test_gpu_decorator_uses_spaces_when_installed(monkeypatch):
+    import types
+
+    from mrm.runtime import _gpu_decorator
+
+    fake_spaces = types.ModuleType("spaces")
+    fake_spaces.GPU = lambda function: function
+    monkeypatch.setitem(sys.modules, "spaces", fake_spaces)
+    assert _gpu_decorator() is fake_spaces.GPU
+
+
+def test_gpu_decorator_without_spaces_is_identity(monkeypatch):
+    from mrm.runtime import _gpu_decorator
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # makes `import spaces` raise ImportError
+    assert _gpu_decorator()(len) is len
 
 
 def test_check_widths_message_names_both_widths():

@@ -64,6 +64,7 @@ def launch_options() -> dict:
 def run_app(argv: Sequence[str] | None = None) -> int:
     """Parse flags, pick the mode, load encoder and checkpoint, and serve the app until stopped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio polls its own server at start
     config = parse_app_args(argv)
     mode = choose_mode(config)
     logger.info("encoder %s, checkpoint %s, device %s (%s)", mode.encoder, mode.checkpoint, mode.device, mode.reason)

@@ -284,21 +284,31 @@ def build_user_splits(
     if dataset not in ("REDDIT", "PRISM"):
         raise DataError(f"unknown dataset {dataset!r}; expected REDDIT or PRISM")
     seen_ids, unseen_ids = split_seen_unseen(list(data.users), seed)
-    bad_rows = find_nonfinite_rows(data.embeddings)
+
+    def build(bad_rows: set[int]) -> tuple[dict[bool, list[UserPairs]], dict[str, str]]:
+        skipped: dict[str, str] = {}
+        result: dict[bool, list[UserPairs]] = {True: [], False: []}
+        for is_seen, ids in ((True, seen_ids), (False, unseen_ids)):
+            limit = seen_train_limit if is_seen else unseen_train_limit
+            for user_id in ids:
+                entries = assign_missing_splits(data.users[user_id], user_id, seed, dataset)
+                user = _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows)
+                if isinstance(user, str):
+                    skipped[user_id] = user
+                else:
+                    result[is_seen].append(user)
+        return result, skipped
+
+    # Only rows that the selected pairs use are scanned for NaN or inf, so rows
+    # beyond the training caps are never read from a memory-mapped file.
+    result, skipped = build(set())
+    used_rows = torch.unique(torch.cat([
+        torch.cat([u.train_chosen, u.train_rejected, u.test_chosen, u.test_rejected]) for u in result[True] + result[False]
+    ] or [torch.empty(0, dtype=torch.long)]))
+    bad_rows = find_nonfinite_rows(data.embeddings, used_rows)
     if bad_rows:
         logger.warning("%d embedding rows contain NaN or inf; pairs using them are dropped", len(bad_rows))
-
-    skipped: dict[str, str] = {}
-    result: dict[bool, list[UserPairs]] = {True: [], False: []}
-    for is_seen, ids in ((True, seen_ids), (False, unseen_ids)):
-        limit = seen_train_limit if is_seen else unseen_train_limit
-        for user_id in ids:
-            entries = assign_missing_splits(data.users[user_id], user_id, seed, dataset)
-            user = _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows)
-            if isinstance(user, str):
-                skipped[user_id] = user
-            else:
-                result[is_seen].append(user)
+        result, skipped = build(bad_rows)
 
     if skipped:
         listed = ", ".join(f"{uid} ({why})" for uid, why in list(skipped.items())[:10])
@@ -349,13 +359,14 @@ def _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold
     )
 
 
-def find_nonfinite_rows(embeddings: Tensor, chunk_rows: int = 1024) -> set[int]:
-    """Return the indices of rows holding NaN or inf, scanning in chunks to bound memory."""
+def find_nonfinite_rows(embeddings: Tensor, rows: Tensor | None = None, chunk_rows: int = 1024) -> set[int]:
+    """Return the indices (among `rows`, default all) of rows holding NaN or inf, scanning in chunks to bound memory."""
+    rows = torch.arange(embeddings.shape[0]) if rows is None else rows
     bad: set[int] = set()
-    for start in range(0, embeddings.shape[0], chunk_rows):
-        chunk = embeddings[start : start + chunk_rows]
-        rows = (~torch.isfinite(chunk)).any(dim=1).nonzero().flatten()
-        bad.update((rows + start).tolist())
+    for start in range(0, rows.numel(), chunk_rows):
+        indices = rows[start : start + chunk_rows]
+        nonfinite = (~torch.isfinite(embeddings[indices])).any(dim=1)
+        bad.update(indices[nonfinite].tolist())
     return bad
 
 

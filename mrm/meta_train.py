@@ -173,16 +173,20 @@ def task_pairs_for_epoch(user: UserPairs, user_index: int, epoch: int, seed: int
     )
 
 
-def training_differences(embeddings: Tensor, users: list[UserPairs], device: torch.device) -> list[Tensor]:
+def training_differences(embeddings: Tensor, users: list[UserPairs], device: torch.device | str) -> list[Tensor]:
     """Per user, the fp32 embedding differences `chosen - rejected` of their training pairs, `[P_u, H]`.
 
-    Computed once per run: every outer step then gathers from these instead of
-    converting bf16 rows of the full tensor again.
+    Computed once per run into one preallocated buffer (the per-user tensors
+    are views of it, so no allocator fragmentation): every outer step then
+    reads these instead of converting bf16 rows of the full tensor again.
     """
-    return [
-        (embeddings[user.train_chosen].to(device, torch.float32) - embeddings[user.train_rejected].to(device, torch.float32))
-        for user in users
-    ]
+    sizes = [user.num_train for user in users]
+    buffer = torch.empty(sum(sizes), embeddings.shape[1], dtype=torch.float32, device=device)
+    views = list(torch.split(buffer, sizes))
+    for user, view in zip(users, views):
+        view.copy_(embeddings[user.train_chosen])
+        view.sub_(embeddings[user.train_rejected].to(device))  # promoted to fp32 before subtracting
+    return views
 
 
 def _padded(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -207,13 +211,11 @@ def group_meta_objective(
     `TaskPairs.user_index` refers to. Returns the objective (a scalar whose
     gradient reaches every parameter) and the per-task query losses `[T]`.
     """
-    # One matmul for every support and query pair of the group.
-    blocks = [differences[t.user_index][t.support_positions] for t in tasks]
-    blocks += [differences[t.user_index][t.query_positions] for t in tasks]
-    margins = model.base_reward_margins(torch.cat(blocks))  # (S, K), with grad
-    pieces = list(torch.split(margins, [b.shape[0] for b in blocks]))
-    support_bases, support_mask = _padded(pieces[: len(tasks)])  # (T, P, K), (T, P)
-    query_bases, query_mask = _padded(pieces[len(tasks) :])
+    # Support and query sets together cover a user's training pairs, so the margins of the
+    # whole block are computed in place (no copy of the wide rows) and then indexed.
+    user_margins = [model.base_reward_margins(differences[t.user_index]) for t in tasks]  # [(P_u, K)], with grad
+    support_bases, support_mask = _padded([m[t.support_positions] for m, t in zip(user_margins, tasks)])  # (T, P, K), (T, P)
+    query_bases, query_mask = _padded([m[t.query_positions] for m, t in zip(user_margins, tasks)])
 
     adapted = inner_loop(support_bases, support_mask, model.shared_weight, inner_steps, inner_lr, create_graph=True)
     query_losses = bradley_terry_loss(margins_from_logits(query_bases, adapted.logits), query_mask)  # (T,)

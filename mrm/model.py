@@ -95,8 +95,13 @@ class MRM(
 
     def base_rewards(self, embeddings: Tensor) -> Tensor:
         """Map embeddings `[..., in_dim]` to base rewards `[..., K]` (fp32 compute)."""
-        hidden = embeddings.to(self.shared_weight.dtype) * INPUT_SCALE
-        for layer in self.layers:  # no activation between layers, as published
+        # The 0.01 input scale is applied after the first matmul (W(0.01x) = 0.01(Wx)),
+        # so no scaled copy of the wide input is made.
+        first = self.layers[0]
+        hidden = nn.functional.linear(embeddings.to(self.shared_weight.dtype), first.weight) * INPUT_SCALE
+        if first.bias is not None:
+            hidden = hidden + first.bias
+        for layer in self.layers[1:]:  # no activation between layers, as published
             hidden = layer(hidden)
         return hidden
 
@@ -107,8 +112,8 @@ class MRM(
         the stack's linear part applied to `c - r`: the biases cancel. This halves
         the work of meta-training, which only ever needs margins.
         """
-        hidden = differences.to(self.shared_weight.dtype) * INPUT_SCALE
-        for layer in self.layers:
+        hidden = nn.functional.linear(differences.to(self.shared_weight.dtype), self.layers[0].weight) * INPUT_SCALE
+        for layer in self.layers[1:]:
             hidden = nn.functional.linear(hidden, layer.weight)
         return hidden
 

@@ -103,7 +103,13 @@ def resolve_checkpoint(
         find_checkpoint_file([p.name for p in local.iterdir() if p.is_file()], str(local), root=local)
         return local
 
-    repo_id, revision = parse_repo_id(str(path_or_repo), revision)
+    text = str(path_or_repo)
+    if _looks_like_local_path(text):
+        raise HubError(
+            f"checkpoint not found: no such file or folder '{text}' ({local.resolve()}). "
+            f"Check the path, or pass a Hub repo id of the form 'org/name' such as '{DEFAULT_CHECKPOINT}'."
+        )
+    repo_id, revision = parse_repo_id(text, revision)
     token = token or os.environ.get("HF_TOKEN") or None
     offline = local_files_only or is_offline()
     target = _Target(repo_id, revision, cache_dir, local)
@@ -155,6 +161,18 @@ def load_checkpoint(
         path_or_repo, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
     )
     return load_mrm(path, device=device)
+
+
+def _looks_like_local_path(text: str) -> bool:
+    # MRM checkpoints live in namespaced repos ('org/name'), so a name without a
+    # slash, a path-like prefix or a weights suffix is a mistyped local path.
+    base = text.split("@", 1)[0]
+    return (
+        "/" not in base
+        or base.startswith(("/", "./", "../", "~"))
+        or base.count("/") > 1
+        or base.endswith((".pt", ".pth", ".bin", ".safetensors", ".json"))
+    )
 
 
 def parse_repo_id(text: str, revision: str | None = None) -> tuple[str, str | None]:

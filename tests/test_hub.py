@@ -207,7 +207,14 @@ def test_resolve_missing_relative_file_names_it(offline_cache, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(HubError) as caught:
         resolve_checkpoint("runs/best.pt")
-    assert f"No local file {tmp_path / 'runs' / 'best.pt'} exists" in str(caught.value)
+    assert f"no such file or folder 'runs/best.pt' ({tmp_path / 'runs' / 'best.pt'})" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["nope_dir", "./ckpt", "a/b/c", "~/ckpt", "org/file.pt"])
+def test_resolve_path_like_names_are_local_errors(offline_cache, tmp_path, monkeypatch, text):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HubError, match="no such file or folder"):
+        resolve_checkpoint(text)
 
 
 def test_resolve_repo_id_has_no_local_hint(offline_cache):

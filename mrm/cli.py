@@ -42,6 +42,11 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+# Flags that only matter for training; `evaluate` accepts them (published commands may pass them) but hides them.
+TRAINING_ONLY = {"meta_lr", "train_inner_epochs", "tasks_per_batch", "epochs", "warmup_ratio", "val_ratio", "rpo_ratio",
+                 "rpo_gamma", "log_freq", "save_freq", "select_on", "grad_clip", "overwrite", "use_bias", "hidden_layers"}
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     """Parser whose options mirror `TrainConfig` one-to-one (defaults None: unset flags keep the preset's value)."""
     description = {
@@ -54,6 +59,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     for spec in dataclasses.fields(TrainConfig):
         hint = hints[spec.name]
         kwargs: dict = {"default": None, "help": spec.metadata.get("help", "")}
+        if command == "evaluate" and spec.name in TRAINING_ONLY:
+            kwargs["help"] = argparse.SUPPRESS
         if hint in (bool, "bool"):
             kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         elif typing.get_origin(hint) is list:
@@ -68,8 +75,38 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+# Evaluation settings a checkpoint saved by this project records, and so can supply.
+CHECKPOINT_SETTINGS = ("seed", "dataset", "seen_train_limit", "unseen_train_limit", "inner_lr", "eval_inner_epochs")
+
+
+def checkpoint_settings(checkpoint_path: Path) -> dict:
+    """Evaluation settings recorded in the `config.json` beside a checkpoint (empty for published `.pt` files).
+
+    `training` holds the run's settings; an `adaptation` entry (inner_lr,
+    steps) names the adaptation its reported numbers used and takes precedence.
+    """
+    folder = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return {}
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    training = config.get("training") or {}
+    settings = {key: training[key] for key in CHECKPOINT_SETTINGS if key in training}
+    adaptation = config.get("adaptation") or {}
+    if "inner_lr" in adaptation:
+        settings["inner_lr"] = adaptation["inner_lr"]
+    if "steps" in adaptation:
+        settings["eval_inner_epochs"] = adaptation["steps"]
+    return settings
+
+
+def config_from_args(args: argparse.Namespace, checkpoint_defaults: dict | None = None) -> TrainConfig:
+    """Merge settings: dataclass defaults < preset < checkpoint's recorded settings < explicit flags."""
     values = dict(PRESETS[args.preset]) if args.preset else {}
+    values.update(checkpoint_defaults or {})
     for spec in dataclasses.fields(TrainConfig):
         given = getattr(args, spec.name)
         if given is not None:
@@ -103,6 +140,16 @@ def format_summary(results: dict, title: str) -> str:
 def run_train(argv: list[str]) -> int:
     args = build_parser("train").parse_args(argv)
     config = config_from_args(args)
+
+    from mrm.meta_train import prepare_output_path
+
+    try:
+        config.validate()
+        prepare_output_path(config)  # before logging opens train.log
+    except ValueError as error:
+        _setup_logging(args.log_level, None)
+        logger.error("%s", error)
+        return 2
     _setup_logging(args.log_level, config.output_path)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
@@ -124,21 +171,27 @@ def run_train(argv: list[str]) -> int:
 
 def run_evaluate(argv: list[str]) -> int:
     args = build_parser("evaluate").parse_args(argv)
-    config = config_from_args(args)
     _setup_logging(args.log_level, None)
-    if not config.ckpt:
+    if not args.ckpt:
         logger.error("--ckpt is required: a checkpoint file, folder or Hub repo id such as ModalityDance/MRM-Reddit150-V2")
         return 2
 
     from mrm.data import DataError, build_user_splits, read_embedding_files
     from mrm.evaluate import evaluate, write_per_user_csv
     from mrm.fileio import write_json_atomic
-    from mrm.hub import load_checkpoint
+    from mrm.hub import resolve_checkpoint
     from mrm.meta_train import resolve_device
+    from mrm.model import load_mrm
 
     try:
+        checkpoint_path = resolve_checkpoint(args.ckpt)
+        recorded = checkpoint_settings(checkpoint_path)
+        config = config_from_args(args, recorded)
+        taken = {key: value for key, value in recorded.items() if getattr(args, key) is None}
+        if taken:
+            logger.info("using settings recorded with the checkpoint (pass the flags to override): %s", taken)
         device = resolve_device(config.device)
-        model = load_checkpoint(config.ckpt, device=str(device))
+        model = load_mrm(checkpoint_path, device=str(device))
         data = read_embedding_files(config.embed_pt, config.meta_json)
         if data.hidden_size != model.in_dim:
             raise DataError(

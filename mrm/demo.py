@@ -485,7 +485,7 @@ def _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
     training = {
         f.name: getattr(train_config, f.name)
         for f in fields(train_config)
-        if f.name not in ("embed_pt", "meta_json", "output_path", "device", "ckpt")
+        if f.name not in ("embed_pt", "meta_json", "output_path", "device", "ckpt", "overwrite")
     }
     extra_config = {
         "encoder_id": encoder.encoder_id,

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -73,6 +74,7 @@ class TrainConfig:
     save_freq: int = field(default=50, metadata={"help": "keep a checkpoint every N epochs; 0 disables"})
     select_on: str = field(default="val", metadata={"help": "epoch selection: val (held-out training pairs of unseen users), test (published, optimistic), last"})
     grad_clip: float = field(default=1.0, metadata={"help": "maximum gradient norm of the outer update"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the run files of an earlier run in output_path"})
 
     def validate(self) -> None:
         problems = []
@@ -110,6 +112,34 @@ PRESETS: dict[str, dict] = {
                   inner_lr=1e-3, meta_lr=1e-3, train_inner_epochs=1, eval_inner_epochs=1, tasks_per_batch=2,
                   epochs=200, warmup_ratio=0.05, val_ratio=0.9, rpo_ratio=0.5, rpo_gamma=0.5),
 }
+
+
+# Files a training run writes into its folder; another run's copies would be mixed with this run's.
+RUN_FILES = ("progress.json", "metrics.jsonl", "results.json", "per_user.csv", "config.json", "train.log")
+RUN_FOLDERS = ("best", "checkpoints")
+
+
+def prepare_output_path(config: TrainConfig) -> None:
+    """Refuse an output folder that holds an earlier run, or clear that run's files with `overwrite`.
+
+    Only the files and folders training writes are removed; anything else in the folder stays.
+    """
+    if not config.output_path:
+        return
+    folder = Path(config.output_path)
+    earlier = [name for name in ("progress.json", "metrics.jsonl", "results.json") if (folder / name).exists()]
+    if not earlier:
+        return
+    if not config.overwrite:
+        raise ValueError(
+            f"--output_path {folder} already holds a training run ({', '.join(earlier)}); "
+            "choose a new folder, or pass --overwrite to replace that run's files"
+        )
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        if (folder / name).is_dir():
+            shutil.rmtree(folder / name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -282,6 +312,7 @@ def meta_train(config: TrainConfig, callback: Callable[[dict], None] | None = No
     epoch and `{"event": "eval", ...}` with the metrics row after each evaluation.
     """
     config.validate()
+    prepare_output_path(config)
     run = RunFolder(config.output_path)
     run.write_json("config.json", asdict(config))
     run.progress("running", 0, config.epochs, "loading data")
@@ -321,7 +352,7 @@ def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], 
     total_steps = steps_per_epoch * config.epochs
     optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, int(config.warmup_ratio * total_steps)))
-    extra = {"training": {k: v for k, v in asdict(config).items() if k not in ("embed_pt", "meta_json", "output_path", "device")}}
+    extra = {"training": {k: v for k, v in asdict(config).items() if k not in ("embed_pt", "meta_json", "output_path", "device", "overwrite")}}
 
     differences = training_differences(embeddings, splits.seen, device)
     history: list[dict] = []
@@ -359,7 +390,8 @@ def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], 
     run.write_json("results.json", results)
     if run.path:
         write_per_user_csv(report.per_user, run.path / "per_user.csv")
-    run.progress("done", config.epochs, config.epochs, f"best epoch {best_epoch}: overall {results['overall']:.4f}")
+    run.progress("done", config.epochs, config.epochs,
+                 f"finished: epoch {best_epoch} selected on {config.select_on}; test accuracy overall {results['overall']:.4f}")
     return TrainResult(model=model, history=history, results=results, output_path=run.path)
 
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -298,9 +297,7 @@ def save_mrm(model: MRM, directory: str | os.PathLike, extra_config: Mapping | N
     config = {**(extra_config or {}), **model.config()}
     with tempfile.TemporaryDirectory(dir=directory, prefix=".save-") as tmp:
         model.save_pretrained(tmp, config=config)
+        # The mixin's generic README.md card stays behind: `mrm.hub.push_checkpoint` writes a real one.
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             os.replace(Path(tmp) / name, directory / name)
-        readme = Path(tmp) / "README.md"
-        if readme.exists() and not (directory / "README.md").exists():
-            shutil.move(readme, directory / "README.md")
     return directory

@@ -91,3 +91,32 @@ def test_invalid_setting_is_reported(population, tmp_path, capsys):
     pt, js = population
     assert main(["train", "--embed_pt", str(pt), "--meta_json", str(js), "--val_ratio", "1.5"]) == 2
     assert "--val_ratio 1.5" in capsys.readouterr().err
+
+
+def test_train_refuses_folder_with_earlier_run(population, tmp_path, capsys):
+    pt, js = population
+    args = ["train", "--embed_pt", str(pt), "--meta_json", str(js), "--epochs", "1", "--output_path", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_train_overwrite_replaces_earlier_run_files(population, tmp_path):
+    pt, js = population
+    base = ["train", "--embed_pt", str(pt), "--meta_json", str(js), "--output_path", str(tmp_path / "run")]
+    assert main([*base, "--epochs", "2", "--save_freq", "1"]) == 0
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert main([*base, "--epochs", "1", "--save_freq", "0", "--overwrite"]) == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["best_epoch"] == 1
+
+
+def test_evaluate_uses_settings_recorded_with_checkpoint(tmp_path, capsys):
+    code = main(["evaluate", "--embed_pt", "assets/demo/demo_prefs.pt", "--meta_json", "assets/demo/demo_prefs.json",
+                 "--ckpt", "assets/demo", "--output_path", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    card = json.loads(open("assets/demo/card.json").read())
+    assert code == 0
+    assert results["protocol"]["inner_lr"] == card["training"]["inner_lr"]
+    assert results["overall"] == pytest.approx(card["mrm_adapted"]["overall"], abs=1e-4)

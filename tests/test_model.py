@@ -84,7 +84,7 @@ def test_save_writes_config_with_extra_keys(tmp_path):
 
 def test_save_leaves_no_temporary_files(tmp_path):
     save_mrm(MRM(16, [2]), tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_config_contradicting_weights_is_rejected(tmp_path):

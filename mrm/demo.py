@@ -676,7 +676,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type) ->
 
 def parse_build_config(argv: Sequence[str]) -> BuildConfig:
     """Parse `demo build` arguments into a `BuildConfig`."""
-    parser = argparse.ArgumentParser(prog="python -m mrm demo build", description=build_bundle.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mrm demo build",
+        description="Embed the demo corpus with the demo encoder, simulate annotator labels, meta-train MRM on them "
+        "and write the checkpoint, data and card into --out. The same seed reproduces the same files.",
+    )
     _add_config_arguments(parser, BuildConfig)
     _add_config_arguments(parser, PopulationConfig)
     args = vars(parser.parse_args(list(argv)))

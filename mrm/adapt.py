@@ -43,7 +43,7 @@ def _sqrt_with_zero_grad_at_zero(values: Tensor) -> Tensor:
 
 
 def adam_step(params: Tensor, grad: Tensor, state: AdamState, lr: float) -> tuple[Tensor, AdamState]:
-    """One step of Adam (same update as `torch.optim.Adam` defaults), differentiable and out of place."""
+    """Take one Adam step (the update of `torch.optim.Adam` with default settings), differentiable and out of place."""
     beta1, beta2 = ADAM_BETAS
     step = state.step + 1
     exp_avg = beta1 * state.exp_avg + (1 - beta1) * grad
@@ -229,7 +229,7 @@ def adapt_users(
     steps: int = 1,
     lr: float = PUBLISHED_INNER_LR["reddit"],
 ) -> list[AdaptResult]:
-    """Adapt many users at once; `users` holds each user's (chosen `[P_u, H]`, rejected `[P_u, H]`) embeddings.
+    """Adapt many users at once; `users` contains each user's (chosen `[P_u, H]`, rejected `[P_u, H]`) embeddings.
 
     Equivalent to calling `adapt_logits` per user, in one padded computation.
     """

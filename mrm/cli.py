@@ -82,7 +82,7 @@ CHECKPOINT_SETTINGS = ("seed", "dataset", "seen_train_limit", "unseen_train_limi
 def checkpoint_settings(checkpoint_path: Path) -> dict:
     """Evaluation settings recorded in the `config.json` beside a checkpoint (empty for published `.pt` files).
 
-    `training` holds the run's settings; an `adaptation` entry (inner_lr,
+    `training` contains the run's settings; an `adaptation` entry (inner_lr,
     steps) names the adaptation its reported numbers used and takes precedence.
     """
     folder = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
@@ -127,7 +127,7 @@ def _setup_logging(level: str, output_path: str | None) -> None:
 
 
 def format_summary(results: dict, title: str) -> str:
-    """A readable table of the adapted and meta-initialisation accuracies."""
+    """Format the adapted and meta-initialisation accuracies as a readable table."""
     lines = [title, f"{'':14}{'adapted':>10}{'meta-init':>11}"]
     for key, label in (("seen", "seen"), ("unseen", "unseen"), ("overall", "overall"), ("worst10", "worst 10%"), ("std", "std")):
         lines.append(f"{label:14}{results[key]:>10.4f}{results['init'][key]:>11.4f}")

@@ -123,11 +123,11 @@ def _read_tensor(path: Path, mmap: bool) -> Tensor:
         obj = next(iter(obj.values()))
     if not isinstance(obj, Tensor) or obj.ndim != 2:
         kind = f"tensor of shape {tuple(obj.shape)}" if isinstance(obj, Tensor) else type(obj).__name__
-        raise DataError(f"{path} holds a {kind}; expected one 2-D tensor [rows, hidden]")
+        raise DataError(f"{path} contains a {kind}; expected one 2-D tensor [rows, hidden]")
     if obj.shape[0] == 0 or obj.shape[1] == 0:
-        raise DataError(f"{path} holds an empty tensor of shape {tuple(obj.shape)}")
+        raise DataError(f"{path} contains an empty tensor of shape {tuple(obj.shape)}; re-create it with `python -m mrm embed`")
     if not obj.is_floating_point():
-        raise DataError(f"{path} holds a {obj.dtype} tensor; expected floating point embeddings")
+        raise DataError(f"{path} contains a {obj.dtype} tensor; expected floating point embeddings")
     return obj
 
 

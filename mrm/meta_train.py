@@ -120,7 +120,7 @@ RUN_FOLDERS = ("best", "checkpoints")
 
 
 def prepare_output_path(config: TrainConfig) -> None:
-    """Refuse an output folder that holds an earlier run, or clear that run's files with `overwrite`.
+    """Reject an output folder that contains an earlier run, or clear that run's files with `overwrite`.
 
     Only the files and folders training writes are removed; anything else in the folder stays.
     """
@@ -132,7 +132,7 @@ def prepare_output_path(config: TrainConfig) -> None:
         return
     if not config.overwrite:
         raise ValueError(
-            f"--output_path {folder} already holds a training run ({', '.join(earlier)}); "
+            f"--output_path {folder} already contains a training run ({', '.join(earlier)}); "
             "choose a new folder, or pass --overwrite to replace that run's files"
         )
     for name in RUN_FILES:

@@ -98,7 +98,7 @@ def test_train_refuses_folder_with_earlier_run(population, tmp_path, capsys):
     args = ["train", "--embed_pt", str(pt), "--meta_json", str(js), "--epochs", "1", "--output_path", str(tmp_path / "run")]
     assert main(args) == 0
     assert main(args) == 2
-    assert "already holds a training run" in capsys.readouterr().err
+    assert "already contains a training run" in capsys.readouterr().err
 
 
 def test_train_overwrite_replaces_earlier_run_files(population, tmp_path):

@@ -46,6 +46,9 @@ PUBLISHED_LR = 5e-3  # the published Reddit TL;DR inner learning rate
 PROFILE_FORMAT = "mrm-profile"
 PROFILE_VERSION = 1
 CANDIDATE_SEPARATOR = "---"
+CLEAR_CONFIRM_S = 10.0  # a second "Clear all" click within this many seconds deletes the labels
+NO_SCORE_NOTE = ("The reward model score column is n/a because encoder {encoder!r} has no reward head; "
+                 "the rewards come from the MRM head alone.")
 
 Labels = list[dict[str, str]]
 
@@ -57,14 +60,24 @@ class InputError(ValueError):
 # ----------------------------------------------------------------------------- texts
 
 
+def plural(count: int, noun: str) -> str:
+    """Return "1 pair" or "3 pairs": `count` with `noun`, adding an "s" unless the count is one."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _subject(name: str) -> str:
+    # Names of page fields ("Summary A") stand alone; generic ones get an article ("The post").
+    return name if name[:1].isupper() else f"The {name}"
+
+
 def check_text(name: str, text: Any) -> str:
     """Return `text` stripped, or raise `InputError` when it is empty or longer than MAX_TEXT_CHARS."""
     text = "" if text is None else str(text).strip()
     if not text:
-        raise InputError(f"The {name} is empty. Type or pick a text first.")
+        raise InputError(f"{_subject(name)} is empty. Type or pick a text first.")
     if len(text) > MAX_TEXT_CHARS:
         raise InputError(
-            f"The {name} has {len(text):,} characters, more than the limit of {MAX_TEXT_CHARS:,}. Shorten it."
+            f"{_subject(name)} has {len(text):,} characters, more than the limit of {MAX_TEXT_CHARS:,}. Shorten it."
         )
     return text
 
@@ -128,6 +141,9 @@ def add_label(labels: Labels, prompt: Any, summary_a: Any, summary_b: Any, choic
     if len(labels) >= MAX_LABELS:
         raise InputError(f"There are already {len(labels)} labelled pairs, the maximum. Delete some first.")
 
+    # Check the fields under the names the page shows before they become chosen and rejected.
+    summary_a = check_text("Summary A", summary_a)
+    summary_b = check_text("Summary B", summary_b)
     chosen, rejected = (summary_a, summary_b) if choice == "a" else (summary_b, summary_a)
     pair = check_pair(prompt, chosen, rejected)
     new_labels = [*labels, pair]
@@ -147,13 +163,22 @@ def labels_to_frame(labels: Labels) -> pd.DataFrame:
 def rows_to_labels(rows: Any) -> tuple[Labels, str]:
     """Read an edited labels table back; rows whose chosen or rejected cell was cleared are deleted.
 
-    Raises `InputError` (naming the row) when an edited row is invalid, so the
-    caller can keep the previous labels.
+    Raises `InputError` (naming the row) when an edited row is invalid, and
+    when the columns are not exactly prompt, chosen, rejected (as after a
+    file dropped on the table), so the caller can keep the previous labels.
     """
+    headers = None
     if isinstance(rows, pd.DataFrame):
+        headers = [str(column) for column in rows.columns]
         rows = rows.astype(object).where(rows.notna(), "").values.tolist()
     elif isinstance(rows, dict):  # gradio_client sends {"headers": ..., "data": ...}
+        headers = rows.get("headers")
         rows = rows.get("data") or []
+    if headers is not None and [str(header).strip().lower() for header in headers] != LABEL_COLUMNS:
+        raise InputError(
+            f"The table has columns {list(headers)}, expected {LABEL_COLUMNS}. "
+            "The change was not applied; add pairs with the upload box, which checks the file."
+        )
     labels: Labels = []
     removed = 0
     for number, row in enumerate(rows or [], start=1):
@@ -162,13 +187,18 @@ def rows_to_labels(rows: Any) -> tuple[Labels, str]:
         if not cells[1].strip() or not cells[2].strip():
             removed += 1
             continue
+        if any("\ufffd" in cell for cell in cells):
+            raise InputError(
+                f"Row {number} contains undecodable characters (\ufffd), as from a file that is not UTF-8. "
+                "The change was not applied; upload the file with the upload box instead."
+            )
         try:
             labels.append(check_pair(*cells))
         except InputError as error:
             raise InputError(f"Row {number}: {error}") from None
-    message = f"{len(labels)} labelled pairs."
+    message = f"{plural(len(labels), 'labelled pair')}."
     if removed:
-        message += f" Removed {removed} row(s) with an empty chosen or rejected cell."
+        message += f" Removed {plural(removed, 'row')} with an empty chosen or rejected cell."
     return labels, message
 
 
@@ -183,7 +213,30 @@ def delete_row(labels: Labels, row_number: Any) -> tuple[Labels, str]:
     if not 0 <= index < len(labels):
         raise InputError(f"Row {index + 1} does not exist; pick a row from 1 to {len(labels)}.")
     new_labels = labels[:index] + labels[index + 1:]
-    return new_labels, f"Deleted row {index + 1}; {len(new_labels)} labelled pairs left."
+    return new_labels, f"Deleted row {index + 1}; {plural(len(new_labels), 'labelled pair')} left."
+
+
+def clear_labels(labels: Labels, armed_at: float | None, now: float) -> tuple[Labels, float | None, str]:
+    """Clear all labels on the second request within CLEAR_CONFIRM_S seconds.
+
+    Returns `(labels, armed_at, message)`. The first request keeps the labels
+    and returns `now` as `armed_at`; a second request within the window
+    returns no labels and `armed_at` None.
+    """
+    if not labels:
+        return [], None, "There are no labelled pairs to clear."
+    if armed_at is None or not 0 <= now - armed_at <= CLEAR_CONFIRM_S:
+        return list(labels), now, (f"Click **Clear all** again within {CLEAR_CONFIRM_S:g} s to delete "
+                                   f"{plural(len(labels), 'labelled pair')}.")
+    return [], None, f"Cleared {plural(len(labels), 'labelled pair')}. **Undo clear** brings them back."
+
+
+def undo_clear(labels: Labels, cleared: Labels) -> tuple[Labels, str]:
+    """Put the last cleared labels back in front of the current ones, up to MAX_LABELS."""
+    if not cleared:
+        raise InputError("There is no cleared set of labels to bring back.")
+    restored = [*cleared, *labels][:MAX_LABELS]
+    return restored, f"Brought back {plural(len(cleared), 'labelled pair')}; {len(restored)} in total."
 
 
 def restore_labels(stored: Any) -> Labels:
@@ -224,10 +277,10 @@ def import_pairs(labels: Labels, path: str | Path | None) -> tuple[Labels, str]:
             problems.append(f"pair {len(added) + len(problems) + 1}: {error}")
     room = MAX_LABELS - len(labels)
     if len(added) > room:
-        problems.append(f"{len(added) - room} pairs beyond the limit of {MAX_LABELS} were not added")
+        problems.append(f"{plural(len(added) - room, 'pair')} beyond the limit of {MAX_LABELS} not added")
         added = added[:room]
 
-    message = f"Added {len(added)} pairs from {path.name}."
+    message = f"Added {plural(len(added), 'pair')} from {path.name}."
     for warning in result.warnings:
         message += f" Note: {warning.rstrip('.')}."
     if problems:
@@ -306,7 +359,8 @@ def adapt_profile(runtime, labels: Labels, steps: Any, lr: Any) -> AdaptOutcome:
     result = adapt_logits(runtime.model, chosen, rejected, torch.tensor(init_logits), steps, lr)
     logits = [float(v) for v in result.logits.detach().cpu()]
 
-    message = f"Adapted on {result.num_pairs} labelled pairs with {steps} Adam steps at learning rate {lr:g}."
+    message = (f"Adapted on {plural(result.num_pairs, 'labelled pair')} with {plural(steps, 'Adam step')} "
+               f"at learning rate {lr:g}.")
     if result.num_pairs == 1:
         message += " With a single pair the weights can only move toward that one preference."
     return AdaptOutcome(
@@ -432,11 +486,13 @@ def score_candidates(runtime, logits: list[float] | None, prompt: Any, candidate
                 flipped.append(f"#{winner_before + 1} vs #{winner_after + 1}: meta-init preferred "
                                f"#{winner_before + 1}, personalised prefers #{winner_after + 1}")
 
-    message = f"Scored {len(candidates)} candidates."
+    message = f"Scored {plural(len(candidates), 'candidate')}."
     if not adapted:
         message += " Not adapted yet, so the personalised reward equals the meta-init reward."
     elif not flipped and len(candidates) > 1:
         message += " Personalisation changed no pairwise order."
+    if model_scores is None:
+        message += " " + NO_SCORE_NOTE.format(encoder=runtime.encoder_id)
     return ScoreOutcome(rows=rows, flipped=flipped, message=message)
 
 
@@ -492,8 +548,25 @@ def read_profile(runtime, path: str | Path | None) -> tuple[list[float], str]:
         profile = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path.name} is not a UTF-8 JSON file: {error}.") from None
+    logits = check_profile(runtime, profile, path.name)
+    return logits, f"Loaded the profile from {path.name}."
+
+
+def restore_profile(runtime, stored: Any) -> list[float] | None:
+    """Return the logits of a profile restored from browser storage, or None when it is missing or does not fit."""
+    if stored is None:
+        return None
+    try:
+        return check_profile(runtime, stored, "The stored profile")
+    except InputError as error:
+        logger.info("stored profile not restored: %s", error)
+        return None
+
+
+def check_profile(runtime, profile: Any, name: str) -> list[float]:
+    """Return the logits of a profile dict, rejecting one made for another encoder or checkpoint."""
     if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
-        raise InputError(f"{path.name} is not an MRM profile (expected \"format\": \"{PROFILE_FORMAT}\").")
+        raise InputError(f"{name} is not an MRM profile (expected \"format\": \"{PROFILE_FORMAT}\").")
 
     expected = {"encoder": runtime.encoder_id, "checkpoint": runtime.checkpoint_id, "in_dim": runtime.in_dim}
     for key, value in expected.items():
@@ -502,5 +575,4 @@ def read_profile(runtime, path: str | Path | None) -> tuple[list[float], str]:
                 f"This profile was made for {key} {profile.get(key)!r}, but the app runs {key} {value!r}. "
                 "Adapt again here, or load the profile in an app that runs the same encoder and checkpoint."
             )
-    logits = check_profile_logits(profile.get("mixture_logits"), runtime.num_bases)
-    return logits, f"Loaded the profile from {path.name}."
+    return check_profile_logits(profile.get("mixture_logits"), runtime.num_bases)

@@ -244,6 +244,83 @@ def test_rows_to_labels_reads_dataframe(labels):
     assert new_labels == labels
 
 
+def test_add_label_empty_summary_named_as_on_page():
+    # Summary A becomes the rejected text when B is chosen; the message still names the field.
+    with pytest.raises(InputError, match="^Summary A is empty"):
+        session.add_label([], POST, "", SUMMARY_B, "B")
+
+
+def test_add_label_long_summary_named_as_on_page():
+    with pytest.raises(InputError, match="^Summary B has"):
+        session.add_label([], POST, SUMMARY_A, "x" * (session.MAX_TEXT_CHARS + 1), "A")
+
+
+@pytest.mark.parametrize(("count", "expected"), [(0, "0 pairs"), (1, "1 pair"), (2, "2 pairs")])
+def test_plural_counts(count, expected):
+    assert session.plural(count, "pair") == expected
+
+
+def test_rows_to_labels_one_pair_singular(labels):
+    _, message = session.rows_to_labels(session.labels_to_rows(labels[:1]))
+    assert message == "1 labelled pair."
+
+
+def test_rows_to_labels_rejects_other_headers(labels):
+    frame = session.labels_to_frame(labels).rename(columns={"chosen": "better"})
+    with pytest.raises(InputError, match="expected"):
+        session.rows_to_labels(frame)
+
+
+def test_rows_to_labels_rejects_other_client_headers(labels):
+    payload = {"headers": ["a", "b", "c"], "data": session.labels_to_rows(labels)}
+    with pytest.raises(InputError, match="columns"):
+        session.rows_to_labels(payload)
+
+
+def test_rows_to_labels_rejects_mojibake_row(labels):
+    rows = session.labels_to_rows(labels)
+    rows[1][0] = "Caf\ufffd au lait"
+    with pytest.raises(InputError, match="^Row 2 contains undecodable"):
+        session.rows_to_labels(rows)
+
+
+def test_clear_labels_first_click_keeps_labels(labels):
+    kept, armed_at, message = session.clear_labels(labels, None, now=100.0)
+    assert kept == labels
+    assert armed_at == 100.0
+    assert "again" in message
+
+
+def test_clear_labels_second_click_clears(labels):
+    kept, armed_at, message = session.clear_labels(labels, 100.0, now=105.0)
+    assert kept == []
+    assert armed_at is None
+    assert "Cleared 3 labelled pairs" in message
+
+
+def test_clear_labels_late_second_click_rearms(labels):
+    kept, armed_at, _ = session.clear_labels(labels, 100.0, now=100.0 + session.CLEAR_CONFIRM_S + 1)
+    assert kept == labels
+    assert armed_at == 100.0 + session.CLEAR_CONFIRM_S + 1
+
+
+def test_clear_labels_nothing_to_clear():
+    kept, armed_at, message = session.clear_labels([], None, now=1.0)
+    assert (kept, armed_at) == ([], None)
+    assert "no labelled pairs" in message
+
+
+def test_undo_clear_puts_labels_first(labels):
+    restored, message = session.undo_clear(labels[2:], labels[:2])
+    assert restored == labels
+    assert "2 labelled pairs" in message
+
+
+def test_undo_clear_without_cleared_labels(labels):
+    with pytest.raises(InputError, match="no cleared"):
+        session.undo_clear(labels, [])
+
+
 def test_delete_row_removes_that_row(labels):
     new_labels, _ = session.delete_row(labels, 2)
     assert new_labels == [labels[0], labels[2]]
@@ -375,6 +452,11 @@ def test_adapt_profile_lowers_support_loss(runtime, labels):
     assert outcome.support_loss[-1] < outcome.support_loss[0]
 
 
+def test_adapt_profile_one_step_singular(runtime, labels):
+    outcome = session.adapt_profile(runtime, labels[:1], 1, 0.1)
+    assert "on 1 labelled pair with 1 Adam step at" in outcome.message
+
+
 def test_adapt_profile_one_label(runtime, labels):
     outcome = session.adapt_profile(runtime, labels[:1], 5, 0.1)
     assert outcome.num_pairs == 1
@@ -454,6 +536,16 @@ def test_score_candidates_wrong_logit_count(runtime):
         session.score_candidates(runtime, [0.0] * (runtime.num_bases + 1), POST, "one\ntwo")
 
 
+def test_score_candidates_one_candidate_singular(runtime):
+    outcome = session.score_candidates(runtime, None, POST, SUMMARY_A)
+    assert outcome.message.startswith("Scored 1 candidate.")
+
+
+def test_score_candidates_explains_missing_model_score(runtime):
+    outcome = session.score_candidates(runtime, None, POST, f"{SUMMARY_A}\n{SUMMARY_B}")
+    assert "no reward head" in outcome.message
+
+
 def test_score_candidates_reward_model_score(tmp_path):
     from tiny_models import build_tiny_reward_model
 
@@ -480,6 +572,20 @@ def test_profile_contains_identity(runtime, tmp_path):
     assert profile["encoder"] == runtime.encoder_id
     assert profile["checkpoint"] == runtime.checkpoint_id
     assert profile["in_dim"] == runtime.in_dim
+
+
+def test_restore_profile_round_trip(runtime):
+    logits = [0.5 * i for i in range(runtime.num_bases)]
+    assert session.restore_profile(runtime, session.profile_dict(runtime, logits)) == logits
+
+
+def test_restore_profile_nothing_stored(runtime):
+    assert session.restore_profile(runtime, None) is None
+
+
+def test_restore_profile_other_checkpoint(runtime):
+    profile = {**session.profile_dict(runtime, [0.0] * runtime.num_bases), "checkpoint": "someone/else"}
+    assert session.restore_profile(runtime, profile) is None
 
 
 def test_profile_export_before_adapt(runtime, tmp_path):

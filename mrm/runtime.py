@@ -17,8 +17,11 @@ mixture logits. This module does not import gradio.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import secrets
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +40,7 @@ GPU_CHECKPOINT = "ModalityDance/MRM-Reddit150-V2"
 DEMO_ENCODER = "demo"
 DEMO_CHECKPOINT = str(Path(__file__).resolve().parents[1] / "assets" / "demo")
 HUB_CHECK_TIMEOUT_S = 3.0
+BROWSER_STATE_SECRET_ENV = "MRM_BROWSER_STATE_SECRET"
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -62,10 +66,17 @@ class AppConfig:
         "help": "port to serve on (default: gradio's, 7860 or GRADIO_SERVER_PORT)"})
 
 
+APP_EPILOG = (
+    "Labels and the adapted profile are stored encrypted in the browser. The key is "
+    f"{BROWSER_STATE_SECRET_ENV} when set, else a random key kept in $XDG_CACHE_HOME/mrm/browser_state_secret "
+    "(default ~/.cache/mrm/browser_state_secret), so stored labels survive app restarts."
+)
+
+
 def parse_app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
     """Build an `AppConfig` from flags, falling back to the `MRM_*` environment variables."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(description="Personalised reward modeling app (Gradio).")
+    parser = argparse.ArgumentParser(description="Personalised reward modeling app (Gradio).", epilog=APP_EPILOG)
     for item in fields(AppConfig):
         flag = f"--{item.name}"
         if item.name == "offline":
@@ -155,6 +166,92 @@ def choose_mode(
     if overrides:
         reason += f"; {', '.join(overrides)} set explicitly"
     return ModeChoice(encoder=encoder, checkpoint=checkpoint, device=device, offline=offline, reason=reason)
+
+
+def check_device(device: str, cuda_available: Callable[[], bool] = torch.cuda.is_available) -> None:
+    """Raise `RuntimeConfigError` when `device` is a CUDA device but CUDA is not available."""
+    if device.strip().lower().startswith("cuda") and not cuda_available():
+        raise RuntimeConfigError(f"CUDA is not available, so --device {device} cannot run; use --device cpu")
+
+
+def check_port_free(host: str | None, port: int | None) -> None:
+    """Raise `RuntimeConfigError` when `port` on `host` (default 127.0.0.1) is already in use.
+
+    Without an explicit port gradio searches for a free one itself, so None passes.
+    """
+    if port is None:
+        return
+    address = host or "127.0.0.1"
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn does, so that connections of a just-stopped server in TIME_WAIT do not count as a user.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise RuntimeConfigError(f"cannot serve on {address}:{port}: {error.strerror}; "
+                                         "pick another address with --host or port with --port") from None
+            raise RuntimeConfigError(
+                f"port {port} on {address} is already in use; stop the program that uses it "
+                "or pick another port with --port"
+            ) from None
+
+
+def default_secret_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Return the file of the browser-state secret: $XDG_CACHE_HOME/mrm/browser_state_secret, else ~/.cache/mrm/."""
+    environ = os.environ if environ is None else environ
+    cache_home = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "mrm" / "browser_state_secret"
+
+
+def browser_state_secret(environ: Mapping[str, str] | None = None, path: Path | None = None) -> str:
+    """Return the key that encrypts the labels stored in the browser.
+
+    `MRM_BROWSER_STATE_SECRET` wins when set. Otherwise the key is read from
+    `path` (default `default_secret_path()`), or created there with mode 0600 on
+    the first start, so that stored labels stay readable after a restart. The
+    file is written under a temporary name and linked into place, so two
+    processes that start at once end up with the same key.
+    """
+    environ = os.environ if environ is None else environ
+    configured = (environ.get(BROWSER_STATE_SECRET_ENV) or "").strip()
+    if configured:
+        return configured
+
+    path = default_secret_path(environ) if path is None else Path(path)
+    existing = _read_secret(path)
+    if existing:
+        return existing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(temp, path)  # fails when another process created the file first
+        except FileExistsError:
+            pass
+    finally:
+        temp.unlink(missing_ok=True)
+    secret = _read_secret(path)
+    if not secret:
+        raise RuntimeConfigError(f"the browser-state secret file {path} is empty; delete it and start again")
+    logger.info("created the browser-state secret %s", path)
+    return secret
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as error:
+        raise RuntimeConfigError(
+            f"cannot read the browser-state secret file {path}: {error}; fix or delete it, "
+            f"or set {BROWSER_STATE_SECRET_ENV}"
+        ) from None
 
 
 def apply_offline_environment() -> None:

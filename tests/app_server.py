@@ -69,13 +69,14 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def launched_app(extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `python app.py --offline` on a free port and yield its URL (ending in "/").
+def launched_app(extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
+                 port: int | None = None) -> Iterator[str]:
+    """Run `python app.py --offline` on `port` (default: a free one) and yield its URL (ending in "/").
 
     `extra_args` are appended to the command line; `env` entries override the
     environment. The server is stopped when the block exits, also on errors.
     """
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="mrm-app-") as tmp:
         tmp_dir = Path(tmp)
@@ -88,6 +89,8 @@ def launched_app(extra_args: Sequence[str] = (), env: dict[str, str] | None = No
             "HF_HUB_OFFLINE": "1",
             "MRM_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # The browser-state secret file goes here, not into the user's cache.
+            "XDG_CACHE_HOME": str(tmp_dir / "cache"),
             **(env or {}),
         }
         log_path = tmp_dir / "app.log"

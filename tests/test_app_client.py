@@ -9,7 +9,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app_server import REPO_ROOT, launched_app
+from app_server import REPO_ROOT, free_port, launched_app
 from gradio_client import Client
 
 from mrm.model import MRM, save_mrm
@@ -60,8 +60,9 @@ def test_label_adapt_score_round(app_url):
     assert len(table["data"]) == len(PAIRS)
     assert stored[1]["chosen"] == PAIRS[1][1]
 
-    weights, curves, adapt_status = client.predict(30, 0.1, api_name="/adapt")
+    profile, weights, curves, adapt_status = client.predict(30, 0.1, api_name="/adapt")
     assert f"Adapted on {len(PAIRS)} labelled pairs" in adapt_status
+    assert len(profile["mixture_logits"]) == weights_count(weights)
     assert len(weights["data"]) == 2 * weights_count(weights)
     assert len(curves["data"]) == 2 * 31
 
@@ -87,7 +88,7 @@ def test_label_identical_summaries_warns(app_url):
 
 
 def test_adapt_without_labels_warns(app_url):
-    _, _, status = new_client(app_url).predict(30, 0.1, api_name="/adapt")
+    *_, status = new_client(app_url).predict(30, 0.1, api_name="/adapt")
     assert "no labelled pairs" in status
 
 
@@ -108,9 +109,10 @@ def test_concurrent_clients_keep_separate_labels(app_url):
 def test_app_rejects_wrong_width_checkpoint(tmp_path):
     save_mrm(MRM(in_dim=16, hidden_layers=(2,)), tmp_path)
     process = subprocess.run(
-        [sys.executable, "app.py", "--offline", "--checkpoint", str(tmp_path), "--port", "1"],
+        [sys.executable, "app.py", "--offline", "--checkpoint", str(tmp_path), "--port", str(free_port())],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+             "XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
     assert process.returncode != 0
     assert "in_dim=16" in process.stderr

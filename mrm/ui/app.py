@@ -12,6 +12,9 @@ import gradio as gr
 from mrm.runtime import (
     Runtime,
     RuntimeConfigError,
+    browser_state_secret,
+    check_device,
+    check_port_free,
     choose_mode,
     load_runtime,
     parse_app_args,
@@ -42,14 +45,18 @@ def header_markdown(runtime: Runtime) -> str:
     )
 
 
-def build_app(runtime: Runtime) -> gr.Blocks:
-    """Build the whole app for a loaded `runtime`; theme, CSS and JS go to `launch` (see `launch_options`)."""
+def build_app(runtime: Runtime, browser_secret: str | None = None) -> gr.Blocks:
+    """Build the whole app for a loaded `runtime`; theme, CSS and JS go to `launch` (see `launch_options`).
+
+    `browser_secret` encrypts what the page stores in the browser; None gives a
+    random key per process, so stored labels do not survive a restart.
+    """
     with gr.Blocks(title="MRM: personalised reward modeling", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as demo:
         gr.Markdown(header_markdown(runtime), elem_id="mrm-header")
         with gr.Tabs():
             with gr.Tab("Personalize", id="personalize"):
-                build_personalize_tab(runtime, demo)
+                build_personalize_tab(runtime, demo, browser_secret=browser_secret)
             with gr.Tab("Train & evaluate", id="train"):
                 build_train_tab(runtime, demo)
     return demo
@@ -75,12 +82,20 @@ def run_app(argv: Sequence[str] | None = None) -> int:
     from mrm.model import CheckpointError
 
     try:
+        check_device(mode.device)
+        check_port_free(config.host, config.port)
+        secret = browser_state_secret()
         runtime = load_runtime(mode)
     except (RuntimeConfigError, CheckpointError, HubError, EncoderLoadError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    demo = build_app(runtime)
+    demo = build_app(runtime, browser_secret=secret)
     demo.queue(default_concurrency_limit=2)
-    demo.launch(server_name=config.host, server_port=config.port, **launch_options())
+    try:
+        demo.launch(server_name=config.host, server_port=config.port, **launch_options())
+    except OSError as error:
+        # Another program can take the port between the check above and the launch.
+        print(f"error: cannot serve the app: {error}; pick another port with --port", file=sys.stderr)
+        return 2
     return 0

@@ -106,7 +106,7 @@ def test_browser_upload_non_utf8_csv(browser_page, tmp_path):
     path = tmp_path / "latin1_pairs.csv"
     path.write_bytes("prompt,chosen,rejected\nCaf\xe9 menu post,Caf\xe9 prices up,Food\n".encode("latin-1"))
     page.set_input_files("#mrm-upload input[type=file]", str(path))
-    status = page.wait_for_selector("#mrm-label-status:has-text('Added 1 pairs')")
+    status = page.wait_for_selector("#mrm-label-status:has-text('Added 1 pair from')")
     assert "UTF-8" in status.inner_text()
     wait_for_rows(page, 4)
 
@@ -125,6 +125,13 @@ def test_browser_adapt_shows_weights(browser_page):
     assert re.search(r"Mixture weights: \[.*\] → \[.*\]", status.inner_text())
     page.wait_for_selector("#mrm-weights-plot canvas, #mrm-weights-plot svg")
     page.screenshot(path=str(ARTIFACTS / "personalize_adapted.png"), full_page=True)
+
+
+def test_browser_adapted_profile_survives_reload(browser_page):
+    page, _ = browser_page
+    page.reload()
+    status = page.wait_for_selector("#mrm-adapt-status:has-text('Restored the adapted profile')")
+    assert "Score uses it now" in status.inner_text()
 
 
 def test_browser_published_setting(browser_page):
@@ -150,6 +157,34 @@ def test_browser_export_profile(browser_page):
     page.click("#mrm-export")
     page.wait_for_selector("#mrm-profile-status:has-text('Profile written')")
     assert page.locator("#mrm-profile-file a[download='mrm_profile.json']").count() == 1
+
+
+def test_browser_import_same_profile_twice(browser_page, tmp_path):
+    page, _ = browser_page
+    with page.expect_download() as download:
+        page.click("#mrm-profile-file a[download='mrm_profile.json']")
+    path = tmp_path / "mrm_profile.json"  # the upload box accepts .json names only
+    download.value.save_as(path)
+
+    for _ in range(2):
+        page.set_input_files("#mrm-profile-upload input[type=file]", str(path))
+        page.wait_for_selector("#mrm-adapt-status:has-text('Using the profile imported from')")
+        # Adapting in between changes the status, so the second import must set it again.
+        page.click("#mrm-adapt")
+        page.wait_for_selector("#mrm-adapt-status:has-text('Adapted on')")
+
+
+def test_browser_clear_all_needs_confirmation(browser_page):
+    page, _ = browser_page
+    page.click("#mrm-clear")
+    page.wait_for_selector("#mrm-label-status:has-text('again')")
+    assert labelled_rows(page) == 4
+
+    page.click("#mrm-clear")
+    page.wait_for_selector("#mrm-label-status:has-text('Cleared 4 labelled pairs')")
+    page.click("#mrm-undo-clear")
+    wait_for_rows(page, 4)
+    assert "Brought back 4" in page.inner_text("#mrm-label-status")
 
 
 def test_browser_makes_no_foreign_requests(browser_page):

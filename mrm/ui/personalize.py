@@ -1,30 +1,48 @@
 """The Personalize tab: label pairs, adapt the mixture logits, score new candidates.
 
 Components and event wiring only; the logic lives in `mrm.session`. Per-session
-state is the labels (`gr.State`, mirrored into `gr.BrowserState` so that a page
-reload keeps them) and the adapted mixture logits (`gr.State`, K floats).
+state is the labels and the adapted mixture logits (`gr.State`, K floats).
+Both are mirrored into `gr.BrowserState`, the logits as a profile dict, so that
+a page reload or an app restart with the same secret restores them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import random
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import gradio as gr
 
 from mrm import session
+from mrm.runtime import DEMO_ENCODER
 from mrm.session import InputError
 
 logger = logging.getLogger(__name__)
 
+LABELS_STORAGE_KEY = "mrm-labels"
+PROFILE_STORAGE_KEY = "mrm-profile"
+
 # Keyboard shortcuts for labelling: A, B and S click the buttons when no text field has focus.
+# The drop handlers stop files dropped on the labels table. Its built-in CSV import would skip the
+# checks of the upload box, and gradio 6.31's Dataframe has no option to turn that import off.
+# NOTE: not covered by a test, because a synthetic drop event in headless Chromium did not start the
+# import even without these handlers. `session.rows_to_labels` rejects foreign columns either way.
 SHORTCUTS_JS = """
 () => {
+  const stopTableDrop = (event) => {
+    const target = event.target;
+    if (target && target.closest && target.closest("#mrm-labels-table")) {
+      event.preventDefault();
+      event.stopPropagation();
+      if (event.dataTransfer) event.dataTransfer.dropEffect = "none";
+    }
+  };
+  for (const name of ["dragenter", "dragover", "drop"]) document.addEventListener(name, stopTableDrop, true);
   const keys = {a: "mrm-label-a", b: "mrm-label-b", s: "mrm-label-skip"};
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -53,13 +71,31 @@ def _load_corpus() -> list:
         return []
 
 
+# Runs in the browser before the restore handler and adds whether local storage contains labels and a
+# profile at all. BrowserState passes None both for "nothing stored" and for "stored but undecryptable".
+RESTORE_JS = f"""
+(labels, profile, labelsPresent, profilePresent) => [
+  labels, profile,
+  window.localStorage.getItem("{LABELS_STORAGE_KEY}") !== null,
+  window.localStorage.getItem("{PROFILE_STORAGE_KEY}") !== null,
+]
+"""
+
+UNREADABLE_NOTICE = ("**Note:** this browser holds stored {what} that could not be read, probably because the app's "
+                     "browser-state secret changed (see `python app.py --help`).")
+
+
 def _warn(error: Exception) -> str:
     gr.Warning(str(error))
     return f"**Warning:** {error}"
 
 
-def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
-    """Build the Personalize tab inside the current `gr.Blocks` context; `demo` gets the page-load event."""
+def build_personalize_tab(runtime, demo: gr.Blocks, browser_secret: str | None = None) -> None:
+    """Build the Personalize tab inside the current `gr.Blocks` context; `demo` gets the page-load event.
+
+    `browser_secret` encrypts the labels and profile stored in the browser;
+    None lets gradio pick a random key per process.
+    """
     corpus = _load_corpus()
     rng = random.Random()
     # Removed when the server process exits; gradio copies each download into its own cache first.
@@ -81,9 +117,13 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
     # ------------------------------------------------------------------ state
     labels_state = gr.State([])
     logits_state = gr.State(None)
-    # BrowserState encrypts with a per-process random secret unless MRM_BROWSER_STATE_SECRET is set,
-    # so without it stored labels survive page reloads but not a server restart.
-    browser_labels = gr.BrowserState([], storage_key="mrm-labels", secret=os.environ.get("MRM_BROWSER_STATE_SECRET"))
+    cleared_state = gr.State([])  # the labels of the last "Clear all", for "Undo clear"
+    clear_armed_state = gr.State(None)  # time of the first "Clear all" click that awaits confirmation
+    # Default None (not []) so that a stored empty list differs from nothing readable.
+    browser_labels = gr.BrowserState(None, storage_key=LABELS_STORAGE_KEY, secret=browser_secret)
+    browser_profile = gr.BrowserState(None, storage_key=PROFILE_STORAGE_KEY, secret=browser_secret)
+    labels_present = gr.Checkbox(False, visible=False)
+    profile_present = gr.Checkbox(False, visible=False)
 
     # ------------------------------------------------------------------ 1. label
     gr.Markdown("### 1. Label pairs\nWhich summary of the post do you prefer? "
@@ -114,7 +154,8 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
         with gr.Row():
             row_number = gr.Number(value=1, precision=0, minimum=1, label="Row", scale=1, elem_id="mrm-row-number")
             delete_button = gr.Button("Delete row", scale=1, elem_id="mrm-delete-row")
-            clear_button = gr.Button("Clear all", variant="stop", scale=1)
+            clear_button = gr.Button("Clear all", variant="stop", scale=1, elem_id="mrm-clear")
+            undo_clear_button = gr.Button("Undo clear", scale=1, elem_id="mrm-undo-clear")
         with gr.Row():
             upload = gr.File(label="Upload labelled pairs (CSV or JSONL with prompt, chosen, rejected)",
                              file_types=[".csv", ".jsonl", ".json", ".tsv", ".txt"], type="filepath", height=140,
@@ -140,7 +181,10 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
                                  label="Support loss and accuracy per Adam step", elem_id="mrm-curve-plot")
 
     # ------------------------------------------------------------------ 3. score
-    gr.Markdown("### 3. Score\nRank candidate summaries for a post with the meta-init and your personalised reward.")
+    score_intro = "### 3. Score\nRank candidate summaries for a post with the meta-init and your personalised reward."
+    if getattr(getattr(runtime, "mode", None), "encoder", None) == DEMO_ENCODER:
+        score_intro += " The demo encoder has no reward head, so the reward model score column shows n/a."
+    gr.Markdown(score_intro)
     with gr.Row():
         score_prompt = gr.Textbox(label="Post", lines=5, max_lines=12, elem_id="mrm-score-prompt")
         candidates_box = gr.Textbox(label="Candidate summaries (one per line, or blocks separated by a --- line)",
@@ -208,8 +252,25 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
         return new_labels, new_labels, session.labels_to_frame(new_labels), message
 
     delete_button.click(on_delete, [row_number, labels_state], table_outputs, api_visibility="private")
-    clear_button.click(lambda: ([], [], session.labels_to_frame([]), "Cleared all labelled pairs."), None,
-                       table_outputs, api_visibility="private")
+    def on_clear(labels, armed_at, cleared):
+        new_labels, armed_at, message = session.clear_labels(labels, armed_at, time.monotonic())
+        button = gr.Button(value="Confirm: clear all" if armed_at is not None else "Clear all")
+        if new_labels or not labels:
+            return gr.skip(), gr.skip(), gr.skip(), message, armed_at, cleared, button
+        return new_labels, new_labels, session.labels_to_frame(new_labels), message, None, list(labels), button
+
+    clear_button.click(on_clear, [labels_state, clear_armed_state, cleared_state],
+                       [*table_outputs, clear_armed_state, cleared_state, clear_button], api_visibility="private")
+
+    def on_undo_clear(labels, cleared):
+        try:
+            new_labels, message = session.undo_clear(labels, cleared)
+        except InputError as error:
+            return gr.skip(), gr.skip(), gr.skip(), _warn(error), gr.skip()
+        return new_labels, new_labels, session.labels_to_frame(new_labels), message, []
+
+    undo_clear_button.click(on_undo_clear, [labels_state, cleared_state], [*table_outputs, cleared_state],
+                            api_visibility="private")
 
     def on_upload(path, labels):
         # The upload box is emptied afterwards, so the same file can be uploaded again.
@@ -229,12 +290,30 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
 
     download_button.click(on_download, [labels_state], [download_file, label_status], api_visibility="private")
 
-    def on_restore(stored):
-        labels = session.restore_labels(stored)
-        message = f"Restored {len(labels)} labelled pairs from this browser." if labels else "No labelled pairs yet."
-        return labels, session.labels_to_frame(labels), message
+    def on_restore(stored_labels, stored_profile, has_labels, has_profile):
+        labels = session.restore_labels(stored_labels)
+        if labels:
+            label_message = f"Restored {session.plural(len(labels), 'labelled pair')} from this browser."
+        elif stored_labels is None and has_labels:
+            label_message = UNREADABLE_NOTICE.format(what="labels")
+        else:
+            label_message = "No labelled pairs yet."
 
-    demo.load(on_restore, [browser_labels], [labels_state, table, label_status], api_visibility="private")
+        logits = session.restore_profile(runtime, stored_profile)
+        if logits is not None:
+            weights = session.mixture_weights(logits)
+            adapt_message = (f"Restored the adapted profile from this browser. Mixture weights: "
+                             f"{_format_weights(weights)}. Score uses it now.")
+            weights_plot_value = session.weights_frame(session.mixture_weights(runtime.init_logits()), weights)
+        elif stored_profile is None and has_profile:
+            adapt_message, weights_plot_value = UNREADABLE_NOTICE.format(what="profile") + " Not adapted yet.", None
+        else:
+            adapt_message, weights_plot_value = "Not adapted yet.", None
+        return labels, session.labels_to_frame(labels), label_message, logits, adapt_message, weights_plot_value
+
+    demo.load(on_restore, [browser_labels, browser_profile, labels_present, profile_present],
+              [labels_state, table, label_status, logits_state, adapt_status, weights_plot],
+              js=RESTORE_JS, api_visibility="private")
 
     # ------------------------------------------------------------------ events: adapt
     published_button.click(lambda: (session.PUBLISHED_STEPS, session.PUBLISHED_LR), None, [steps_box, lr_box],
@@ -244,17 +323,19 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
         try:
             outcome = session.adapt_profile(runtime, labels, steps, lr)
         except InputError as error:
-            return gr.skip(), gr.skip(), gr.skip(), _warn(error)
+            # Cleared plots keep the last run's curves from passing for this rejected one.
+            note = " The plots were cleared; the profile adapted before, if any, is still in use."
+            return gr.skip(), gr.skip(), None, None, _warn(error) + note
         progress(1.0)
         weights = session.weights_frame(outcome.weights_before, outcome.weights_after)
         curves = session.curve_frame(outcome.support_loss, outcome.support_accuracy)
         summary = (f"{outcome.message}\n\nMixture weights: "
                    f"{_format_weights(outcome.weights_before)} → {_format_weights(outcome.weights_after)}. "
                    f"Support accuracy {outcome.support_accuracy[0]:.0%} → {outcome.support_accuracy[-1]:.0%}.")
-        return outcome.logits, weights, curves, summary
+        return outcome.logits, session.profile_dict(runtime, outcome.logits), weights, curves, summary
 
     adapt_button.click(on_adapt, [labels_state, steps_box, lr_box],
-                       [logits_state, weights_plot, curve_plot, adapt_status], api_name="adapt")
+                       [logits_state, browser_profile, weights_plot, curve_plot, adapt_status], api_name="adapt")
 
     # ------------------------------------------------------------------ events: score
     def on_pick():
@@ -270,7 +351,8 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
         try:
             outcome = session.score_candidates(runtime, logits, prompt, candidates)
         except InputError as error:
-            return gr.skip(), gr.skip(), _warn(error)
+            # The previous ranking is removed so that it cannot pass for the rejected input's.
+            return None, "", _warn(error)
         flipped = ("**Flipped by personalisation:**\n" + "\n".join(f"- {line}" for line in outcome.flipped)
                    if outcome.flipped else "")
         return outcome.rows, flipped, outcome.message
@@ -288,14 +370,23 @@ def build_personalize_tab(runtime, demo: gr.Blocks) -> None:
     export_button.click(on_export, [logits_state], [profile_file, profile_status], api_visibility="private")
 
     def on_import(path):
+        # The upload box is emptied afterwards, so the same file can be imported again.
         try:
             logits, message = session.read_profile(runtime, path)
         except InputError as error:
-            return gr.skip(), _warn(error)
-        weights = _format_weights(session.mixture_weights(logits))
-        return logits, f"{message} Mixture weights: {weights}. Score uses it now."
+            return gr.skip(), gr.skip(), _warn(error), gr.skip(), gr.skip(), gr.skip(), None
+        weights = session.mixture_weights(logits)
+        adapt_message = (f"Using the profile imported from {Path(path).name}, not an adaptation in this page. "
+                         f"Mixture weights: {_format_weights(weights)}.")
+        weights_plot_value = session.weights_frame(session.mixture_weights(runtime.init_logits()), weights)
+        return (logits, session.profile_dict(runtime, logits),
+                f"{message} Mixture weights: {_format_weights(weights)}. Score uses it now.",
+                adapt_message, weights_plot_value, None, None)
 
-    profile_upload.upload(on_import, [profile_upload], [logits_state, profile_status], api_visibility="private")
+    profile_upload.upload(on_import, [profile_upload],
+                          [logits_state, browser_profile, profile_status, adapt_status, weights_plot, curve_plot,
+                           profile_upload],
+                          api_visibility="private")
 
 
 def _format_weights(weights: list[float]) -> str:

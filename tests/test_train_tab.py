@@ -17,6 +17,7 @@ import pytest
 import torch
 from app_server import free_port
 from gradio_client import Client
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from test_jobs import STAND_IN_TRAINER
 
@@ -360,6 +361,62 @@ def test_list_runs_keeps_selected_run(manager, data_files):
 
 def test_accuracy_histogram_unreadable_file(tmp_path):
     assert train_tab.accuracy_histogram(tmp_path / "missing.csv") is None
+
+
+def test_accuracy_histogram_legend_outside_bars(tmp_path):
+    path = tmp_path / "per_user.csv"
+    rows = [f"u{i},{'seen' if i % 2 else 'unseen'},5,5,0.5,{0.05 + i / 25:.2f}" for i in range(20)]
+    path.write_text("user_id,split,train_pairs,test_pairs,acc_init,acc_adapted\n" + "\n".join(rows) + "\n")
+    figure = train_tab.accuracy_histogram(path)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    legend_box = figure.legends[0].get_window_extent(renderer)
+    axes_box = figure.axes[0].get_window_extent(renderer)
+    assert legend_box.y0 >= axes_box.y1
+
+
+def run_status(tmp_path, metrics: list[dict], state: str = "running") -> jobs.RunStatus:
+    return jobs.RunStatus(run_id="20260101-000000", run_dir=tmp_path, state=state, epoch=5, epochs=5,
+                          metrics=metrics)
+
+
+def test_last_evaluation_text_single_row():
+    text = train_tab.last_evaluation_text([{"epoch": 5, "seen": 0.61, "unseen": 0.58, "overall": 0.6}])
+    assert text == "Evaluation at epoch 5: seen 61.0%, unseen 58.0%, overall 60.0%."
+
+
+def test_last_evaluation_text_counts_rows():
+    rows = [{"epoch": 5, "overall": 0.5}, {"epoch": 10, "overall": 0.7}]
+    assert train_tab.last_evaluation_text(rows) == "Evaluation at epoch 10: overall 70.0% (2 evaluations so far)."
+
+
+def test_last_evaluation_text_no_rows():
+    assert train_tab.last_evaluation_text([]) == ""
+
+
+def test_status_html_shows_single_evaluation(tmp_path):
+    markup = train_tab.status_html(run_status(tmp_path, [{"epoch": 5, "seen": 0.61, "unseen": 0.58}]))
+    assert "Evaluation at epoch 5: seen 61.0%, unseen 58.0%" in markup
+
+
+def test_run_key_of_status_html(tmp_path):
+    assert train_tab.run_key(train_tab.status_html(run_status(tmp_path, [], "done"))) == "20260101-000000:done"
+
+
+def test_run_key_without_run():
+    assert train_tab.run_key("<div class='mrm-info'>No runs yet.</div>") is None
+
+
+def test_drop_stale_message_after_state_change(tmp_path):
+    markup = train_tab.status_html(run_status(tmp_path, [], "done"))
+    assert train_tab.drop_stale_message("20260101-000000:running", markup) == ("", None)
+
+
+def test_drop_stale_message_same_state_kept(tmp_path):
+    markup = train_tab.status_html(run_status(tmp_path, [], "running"))
+    message, shown_for = train_tab.drop_stale_message("20260101-000000:running", markup)
+    assert isinstance(message, type(gr.skip()))
+    assert isinstance(shown_for, type(gr.skip()))
 
 
 # ---------------------------------------------------------------------------

@@ -92,6 +92,24 @@ def test_adapt_without_labels_warns(app_url):
     assert "no labelled pairs" in status
 
 
+def test_rejected_adapt_clears_plots(app_url):
+    client = new_client(app_url)
+    label(client, "A", POST, *PAIRS[0])
+    client.predict(5, 0.1, api_name="/adapt")
+    _, weights, curves, status = client.predict(5, 1e9, api_name="/adapt")
+    assert "learning rate" in status
+    assert weights is None
+    assert curves is None
+
+
+def test_rejected_score_clears_ranking(app_url):
+    client = new_client(app_url)
+    client.predict(POST, "one\ntwo", api_name="/score")
+    ranking, flipped, status = client.predict(POST, "x" * 9000, api_name="/score")
+    assert "limit" in status
+    assert ranking["data"] in ([], [["", "", "", "", "", ""]])
+
+
 def test_concurrent_clients_keep_separate_labels(app_url):
     def label_n(count: int) -> int:
         client = new_client(app_url)

@@ -184,7 +184,8 @@ def test_cancel_kills_process_group(manager, data_files):
     handle = manager.start(data_args(data_files, "--epochs", "100", "--epoch_s", "0.1", "--spawn_child"))
     child_pid_file = handle.run_dir / "child.pid"
     deadline = time.monotonic() + 10
-    while not child_pid_file.is_file() and time.monotonic() < deadline:
+    # The trainer may have created the file but not yet written the pid into it.
+    while not (child_pid_file.is_file() and child_pid_file.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
     child_pid = int(child_pid_file.read_text())
 

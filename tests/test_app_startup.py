@@ -19,6 +19,7 @@ from mrm.runtime import (
     check_device,
     check_port_free,
     default_secret_path,
+    parse_app_args,
 )
 
 START_TIMEOUT_S = 60
@@ -111,7 +112,7 @@ def test_check_port_free_without_port():
     check_port_free("127.0.0.1", None)
 
 
-# ----------------------------------------------------------------------------- app.py as a process
+# ----------------------------------------------------------------------------- app.py and its flags
 
 
 def test_app_busy_port_exits_with_message(tmp_path):
@@ -135,6 +136,7 @@ def test_app_cuda_without_cuda_exits_with_message(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_app_help_names_secret(tmp_path):
-    result = run_app("--help", tmp_path=tmp_path)
-    assert BROWSER_STATE_SECRET_ENV in result.stdout.replace("\n", " ")
+def test_app_help_names_secret(capsys):
+    with pytest.raises(SystemExit):
+        parse_app_args(["--help"])
+    assert BROWSER_STATE_SECRET_ENV in capsys.readouterr().out

@@ -350,6 +350,15 @@ def last_evaluation_text(metrics: list[dict]) -> str:
     return f"Evaluation at epoch {row['epoch']:g}: {', '.join(values)}{count}."
 
 
+SCROLL_LOG_JS = """
+() => {
+  setTimeout(() => {
+    const area = document.querySelector("#mrm-train-log textarea");
+    if (area) area.scrollTop = area.scrollHeight;
+  }, 50);
+}
+"""
+
 _STATUS_KEY = re.compile(r"data-run='([^']*)' data-state='([^']*)'")
 
 
@@ -534,7 +543,7 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
                 height=260,
             )
             log_tail = gr.Textbox(
-                label="Log (last 40 lines)", lines=12, max_lines=40, autoscroll=True, interactive=False, elem_id="mrm-train-log"
+                label="Log (last 40 lines)", lines=12, max_lines=12, autoscroll=True, interactive=False, elem_id="mrm-train-log"
             )
             results = gr.Dataframe(
                 _empty_results(),
@@ -662,6 +671,8 @@ def build_train_tab(runtime=None, demo: gr.Blocks | None = None, manager: JobMan
         refresh_runs, [runs], [runs], **private
     ).then(refresh_view, [runs], view, **private).then(remember_status, [status], [message_shown_for], **private)
     runs.input(refresh_view, [runs], view, api_visibility="private").then(*stale_check, **private)
+    # gradio 6.31 does not autoscroll a non-interactive Textbox, so this scrolls to the newest line.
+    log_tail.change(None, None, None, js=SCROLL_LOG_JS)
     timer.tick(refresh_view, [runs], view, **private).then(*stale_check, **private)
     push_button.click(
         functools.partial(push_run, manager),

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from test_jobs import STAND_IN_TRAINER
 
-from mrm import jobs
+from mrm import jobs, train_options
 from mrm.data import write_embedding_files
 from mrm.demo import BuildConfig
 from mrm.jobs import JobInputError, JobManager
@@ -86,7 +86,7 @@ def as_dict(view: tuple) -> dict:
         ("prism", "inner_lr", 1e-3),
         ("demo", "hidden_layers", str(BuildConfig().num_bases)),
         ("demo", "inner_lr", BuildConfig().inner_lr),
-        ("demo", "epochs", jobs.DEMO_PRESET_EPOCHS),
+        ("demo", "epochs", train_options.DEMO_PRESET_EPOCHS),
     ],
 )
 def test_preset_values_fill_inputs(preset, name, expected):
@@ -140,13 +140,13 @@ def test_resolve_data_files_need_both():
 
 
 def test_resolve_data_demo_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(jobs, "demo_data_files", lambda: (tmp_path / "demo_prefs.pt", tmp_path / "demo_prefs.json"))
+    monkeypatch.setattr(train_options, "demo_data_files", lambda: (tmp_path / "demo_prefs.pt", tmp_path / "demo_prefs.json"))
     with pytest.raises(JobInputError, match="python -m mrm demo build"):
         train_tab.resolve_data(SOURCE_DEMO, "", "", "")
 
 
 def test_resolve_data_demo_present(monkeypatch, data_files):
-    monkeypatch.setattr(jobs, "demo_data_files", lambda: data_files)
+    monkeypatch.setattr(train_options, "demo_data_files", lambda: data_files)
     _, _, metadata = train_tab.resolve_data(SOURCE_DEMO, "", "", "")
     assert metadata == {"data_source": "demo", "encoder": "demo"}
 
@@ -154,7 +154,7 @@ def test_resolve_data_demo_present(monkeypatch, data_files):
 def test_hub_dataset_offline_message(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(JobInputError, match="not reachable"):
-        jobs.download_hub_dataset("someone/prefs", cache_dir=tmp_path / "hub")
+        train_options.download_hub_dataset("someone/prefs", cache_dir=tmp_path / "hub")
 
 
 def test_hub_dataset_empty_repo_id():
@@ -174,7 +174,7 @@ def test_hub_dataset_from_local_cache(monkeypatch, tmp_path, data_files):
         (snapshot / path.name).write_bytes(path.read_bytes())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
-    embed_pt, meta_json = jobs.download_hub_dataset("someone/prefs", cache_dir=tmp_path / "hub")
+    embed_pt, meta_json = train_options.download_hub_dataset("someone/prefs", cache_dir=tmp_path / "hub")
 
     assert embed_pt == snapshot / "prefs.pt"
     assert meta_json == snapshot / "prefs.json"
@@ -184,7 +184,7 @@ def test_pick_embedding_pair_two_pt_files(tmp_path):
     (tmp_path / "a.pt").write_bytes(b"")
     (tmp_path / "b.pt").write_bytes(b"")
     with pytest.raises(JobInputError, match="exactly one .pt"):
-        jobs.pick_embedding_pair(tmp_path, "the folder")
+        train_options.pick_embedding_pair(tmp_path, "the folder")
 
 
 def test_use_uploaded_file_selects_files_source():
@@ -293,7 +293,7 @@ def test_show_run_published_row_for_real_data(manager, data_files):
 
 
 def test_show_run_no_published_row_for_demo(monkeypatch, manager, data_files):
-    monkeypatch.setattr(jobs, "demo_data_files", lambda: data_files)
+    monkeypatch.setattr(train_options, "demo_data_files", lambda: data_files)
     train_tab.start_training(manager, SOURCE_DEMO, "", "", "", **settings(epochs=2))
     wait_until_finished(manager)
     results = as_dict(train_tab.show_run(manager, None))["results"]

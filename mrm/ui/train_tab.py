@@ -22,7 +22,7 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mrm import jobs
+from mrm import jobs, train_options
 from mrm.jobs import (
     JobBusyError,
     JobInputError,
@@ -89,7 +89,7 @@ DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "mrm-train-downloads"
 
 def preset_values(preset: str) -> list:
     """Return the values of the hyperparameter inputs for `preset`, in SETTING_NAMES order."""
-    settings = jobs.preset_settings(preset)
+    settings = train_options.preset_settings(preset)
     values = []
     for name in SETTING_NAMES:
         value = settings[name]
@@ -120,7 +120,7 @@ def settings_to_flags(**settings) -> dict:
             value = float(value)
         flags[name] = value
 
-    jobs.check_train_settings(flags)
+    train_options.check_train_settings(flags)
     # Passed explicitly, so that "false" also overrides a preset on the command line.
     flags["use_bias"] = "true" if flags["use_bias"] else "false"
     return flags
@@ -153,7 +153,7 @@ def resolve_data(source: str, embed_pt: str, meta_json: str, hub_repo: str) -> t
         JobInputError: the source is unknown or its files are missing or cannot be downloaded.
     """
     if source == SOURCE_DEMO:
-        pt_path, json_path = jobs.demo_data_files()
+        pt_path, json_path = train_options.demo_data_files()
         if not pt_path.is_file() or not json_path.is_file():
             raise JobInputError(
                 f"the demo data is not built yet ({pt_path} is missing): run `python -m mrm demo build`, "
@@ -165,7 +165,7 @@ def resolve_data(source: str, embed_pt: str, meta_json: str, hub_repo: str) -> t
             raise JobInputError("give both the embedding file (.pt) and the metadata file (.json), by path or upload")
         return Path(embed_pt.strip()), Path(meta_json.strip()), {"data_source": "files"}
     if source == SOURCE_HUB:
-        pt_path, json_path = jobs.download_hub_dataset(hub_repo)
+        pt_path, json_path = train_options.download_hub_dataset(hub_repo)
         return pt_path, json_path, {"data_source": f"hub:{hub_repo.strip()}"}
     raise JobInputError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
 
@@ -233,7 +233,7 @@ def show_run(manager: JobManager, run_id: str | None = None):
     histogram = None
     download = None
     if status.results is not None:
-        results = jobs.results_table(status.results, _published_setting(status))
+        results = train_options.results_table(status.results, _published_setting(status))
     if status.per_user_csv is not None and not running:
         histogram = accuracy_histogram(status.per_user_csv)
     if status.best_dir is not None and not running:
@@ -408,13 +408,13 @@ def _published_setting(status: RunStatus) -> str | None:
     # Published figures are compared only with runs on real data, not the demo bundle.
     if status.job.get("data_source") == "demo":
         return None
-    return jobs.published_setting(status.config)
+    return train_options.published_setting(status.config)
 
 
 def _checkpoint_zip(status: RunStatus) -> str | None:
     try:
         DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
-        return str(jobs.zip_checkpoint(status.best_dir, DOWNLOAD_DIR))
+        return str(train_options.zip_checkpoint(status.best_dir, DOWNLOAD_DIR))
     except OSError as error:
         logger.warning("Could not zip the checkpoint of run %s: %s", status.run_id, error)
         return None
@@ -433,7 +433,7 @@ def _curves(status: RunStatus) -> pd.DataFrame | None:
 
 
 def _empty_results() -> pd.DataFrame:
-    return jobs.results_table(None)
+    return train_options.results_table(None)
 
 
 # ---------------------------------------------------------------------------

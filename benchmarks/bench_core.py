@@ -49,8 +49,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(prefix: Path, mode: str, epochs: int) -> dict:
-    """Run inside a fresh process: time `epochs` of training and one full evaluation."""
+def measure(prefix: Path, mode: str, epochs: int, device_name: str = "cpu") -> dict:
+    """Run inside a fresh process: time `epochs` of training and full evaluations on `device_name`."""
     from mrm.data import build_user_splits, read_embedding_files
     from mrm.evaluate import evaluate
     from mrm.meta_train import PRESETS, TrainConfig, _train_one_epoch, cosine_with_warmup, single_cpu_thread, training_differences
@@ -61,41 +61,54 @@ def measure(prefix: Path, mode: str, epochs: int) -> dict:
     config = TrainConfig(embed_pt=f"{prefix}.pt", meta_json=f"{prefix}.json", **PRESETS["reddit150"])
     data = read_embedding_files(config.embed_pt, config.meta_json)
     splits = build_user_splits(data, config.seed, config.dataset, config.seen_train_limit, config.unseen_train_limit)
+    device = torch.device(device_name)
+    embeddings = data.embeddings if device.type == "cpu" else data.embeddings.to(device)
     torch.manual_seed(config.seed)
-    model = MRM(data.hidden_size, config.hidden_layers, config.use_bias)
+    model = MRM(data.hidden_size, config.hidden_layers, config.use_bias).to(device)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
     total = -(-len(splits.seen) // config.tasks_per_batch) * epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, int(0.05 * total)))
 
-    with single_cpu_thread(torch.device("cpu")):
+    with single_cpu_thread(device):
         start = time.perf_counter()
         if mode == "vectorized":  # the one-off difference precomputation is part of the timed work
-            differences = training_differences(data.embeddings, splits.seen, torch.device("cpu"))
+            differences = training_differences(embeddings, splits.seen, device)
         for epoch in range(1, epochs + 1):
             if mode == "vectorized":
                 _train_one_epoch(model, differences, splits.seen, epoch, config, optimizer, schedule)
             else:
-                reference.reference_train_epoch(model, data.embeddings, splits.seen, epoch, config, optimizer, schedule)
+                reference.reference_train_epoch(model, embeddings, splits.seen, epoch, config, optimizer, schedule)
+        synchronize()
         train_s = time.perf_counter() - start
 
     def evaluate_once() -> float:
         start = time.perf_counter()
         if mode == "vectorized":
-            evaluate(model, data.embeddings, splits.seen, splits.unseen, config.inner_lr, config.eval_inner_epochs)
+            evaluate(model, embeddings, splits.seen, splits.unseen, config.inner_lr, config.eval_inner_epochs)
         else:
             for user in splits.all_users:
-                reference.reference_evaluate_user(model, data.embeddings, user, config.eval_inner_epochs, config.inner_lr)
+                reference.reference_evaluate_user(model, embeddings, user, config.eval_inner_epochs, config.inner_lr)
+        synchronize()
         return time.perf_counter() - start
 
     # The first evaluation also faults the test rows in from the memory-mapped file.
     cold_eval_s = evaluate_once()
     eval_s = statistics.median(evaluate_once() for _ in range(5))
-    return {"mode": mode, "epochs": epochs, "train_s": train_s, "eval_s": eval_s, "cold_eval_s": cold_eval_s,
-            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": baseline_rss}
+    row = {"mode": mode, "epochs": epochs, "train_s": train_s, "eval_s": eval_s, "cold_eval_s": cold_eval_s,
+           "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": baseline_rss}
+    if device.type == "cuda":
+        row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
 
 
-def run_child(prefix: Path, mode: str, epochs: int) -> dict:
-    completed = subprocess.run([sys.executable, "-m", "benchmarks.bench_core", "--child", mode, "--prefix", str(prefix), "--epochs", str(epochs)],
+def run_child(prefix: Path, mode: str, epochs: int, device: str) -> dict:
+    completed = subprocess.run([sys.executable, "-m", "benchmarks.bench_core", "--child", mode, "--prefix", str(prefix),
+                                "--epochs", str(epochs), "--device", device],
                                capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -107,12 +120,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--dim", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=None, help="write the medians as JSON here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]; both paths run on it (NOTE: not yet run on CUDA)")
     parser.add_argument("--child", choices=["vectorized", "per_user_loop"], help=argparse.SUPPRESS)
     parser.add_argument("--prefix", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        print(json.dumps(measure(args.prefix, args.child, args.epochs)))
+        print(json.dumps(measure(args.prefix, args.child, args.epochs, args.device)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,13 +138,14 @@ def main() -> None:
         runs = {"vectorized": [], "per_user_loop": []}
         for _ in range(args.repeats):  # interleaved, so both modes see the same machine load
             for mode in runs:
-                runs[mode].append(run_child(prefix, mode, args.epochs))
+                runs[mode].append(run_child(prefix, mode, args.epochs, args.device))
                 print(json.dumps(runs[mode][-1]), flush=True)
 
     def median(mode, key):
         return statistics.median(r[key] for r in runs[mode])
 
     summary = {
+        "device": args.device,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, "
                    f"torch {torch.__version__}, Python {platform.python_version()}",
         "command": " ".join(["python -m benchmarks.bench_core", *sys.argv[1:]]),

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return embed_main(rest)
     if command == "demo":
-        from mrm.demo import main as demo_main
+        from mrm.demo_build import main as demo_main
 
         return demo_main(rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

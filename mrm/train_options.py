@@ -107,7 +107,7 @@ def demo_preset() -> dict[str, Any]:
 
     They are this project's settings for its simulated annotators, not a published setting.
     """
-    from mrm.demo import BuildConfig
+    from mrm.demo_build import BuildConfig
 
     build = BuildConfig()
     return {

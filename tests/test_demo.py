@@ -8,15 +8,13 @@ import random
 import pytest
 import torch
 
-from mrm import demo
+from mrm import demo, demo_build
 from mrm.demo import (
     ATTRIBUTES,
     DEMO_DIR,
     Annotator,
-    BuildConfig,
     CorpusError,
     PopulationConfig,
-    build_bundle,
     example_pairs,
     load_corpus,
     make_annotators,
@@ -25,6 +23,7 @@ from mrm.demo import (
     simulate_labels,
     summary_rows,
 )
+from mrm.demo_build import BuildConfig, build_bundle
 
 EXAMPLES_DIR = demo.REPO_ROOT / "examples"
 
@@ -354,7 +353,7 @@ def test_build_same_seed_same_embeddings(small_builds):
 def test_deterministic_torch_restores_settings():
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    with demo.deterministic_torch():
+    with demo_build.deterministic_torch():
         assert torch.get_num_threads() == 1
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.get_num_threads() == threads
@@ -398,7 +397,7 @@ def test_build_writes_all_annotators(small_builds):
 
 
 def test_parse_build_config_sets_population():
-    config = demo.parse_build_config(["--epochs", "3", "--num_annotators", "10", "--beta", "1.5", "--out", "x"])
+    config = demo_build.parse_build_config(["--epochs", "3", "--num_annotators", "10", "--beta", "1.5", "--out", "x"])
     assert config.epochs == 3
     assert config.out == "x"
     assert config.population.num_annotators == 10
@@ -406,27 +405,27 @@ def test_parse_build_config_sets_population():
 
 
 def test_main_unknown_subcommand_returns_2(capsys):
-    assert demo.main(["train"]) == 2
+    assert demo_build.main(["train"]) == 2
     assert "unknown demo subcommand 'train'" in capsys.readouterr().err
 
 
 def test_main_without_subcommand_returns_2(capsys):
-    assert demo.main([]) == 2
+    assert demo_build.main([]) == 2
 
 
 def test_main_build_bad_corpus_returns_1(tmp_path, capsys):
-    assert demo.main(["build", "--corpus", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 1
+    assert demo_build.main(["build", "--corpus", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 1
     assert "corpus file not found" in capsys.readouterr().err
 
 
 def test_main_build_invalid_setting_returns_1(tmp_path, capsys):
-    assert demo.main(["build", "--val_post_fraction", "1.5", "--out", str(tmp_path / "out")]) == 1
+    assert demo_build.main(["build", "--val_post_fraction", "1.5", "--out", str(tmp_path / "out")]) == 1
     assert "val_post_fraction=1.5" in capsys.readouterr().err
 
 
 def test_main_build_help_exits_zero(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        demo.main(["build", "--help"])
+        demo_build.main(["build", "--help"])
     assert exit_info.value.code == 0
     assert "--num_annotators" in capsys.readouterr().out
 

@@ -23,7 +23,7 @@ from test_jobs import STAND_IN_TRAINER
 
 from mrm import jobs, train_options
 from mrm.data import write_embedding_files
-from mrm.demo import BuildConfig
+from mrm.demo_build import BuildConfig
 from mrm.jobs import JobInputError, JobManager
 from mrm.ui import train_tab
 from mrm.ui.train_tab import SETTING_NAMES, SOURCE_DEMO, SOURCE_FILES, SOURCE_HUB

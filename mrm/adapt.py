@@ -137,6 +137,14 @@ def pad_pairs(index_lists: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor,
     return chosen_rows, rejected_rows, mask
 
 
+def pad_margin_bases(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Pad per-user margin bases `[P_u, K]` to `[U, P, K]`, with a mask `[U, P]` that is true for real pairs."""
+    lengths = torch.tensor([r.shape[0] for r in rows])
+    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (U, P, K)
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+    return padded, mask.to(padded.device)
+
+
 def remap_rows(pair_lists: list[list[tuple[Tensor, Tensor]]]) -> tuple[Tensor, list[list[tuple[Tensor, Tensor]]]]:
     """Find the distinct embedding rows used by several lists of per-user (chosen, rejected) pairs.
 
@@ -244,9 +252,7 @@ def adapt_users(
     device = model.shared_weight.device
     with torch.no_grad():
         margins = [model.base_reward_margins(chosen.to(device) - rejected.to(device)) for chosen, rejected in users]
-    lengths = torch.tensor([m.shape[0] for m in margins])
-    margin_bases = torch.nn.utils.rnn.pad_sequence(margins, batch_first=True)  # (U, P, K)
-    mask = (torch.arange(margin_bases.shape[1])[None, :] < lengths[:, None]).to(device)
+    margin_bases, mask = pad_margin_bases(margins)  # (U, P, K), (U, P)
     start = model.shared_weight if init_logits is None else torch.as_tensor(init_logits, dtype=torch.float32, device=device)
     result = inner_loop(margin_bases, mask, start.detach(), steps, lr)
     return [
@@ -254,7 +260,7 @@ def adapt_users(
             logits=result.logits[i].cpu(),
             support_loss=result.support_loss[:, i].tolist(),
             support_accuracy=result.support_accuracy[:, i].tolist(),
-            num_pairs=int(lengths[i]),
+            num_pairs=margins[i].shape[0],
         )
         for i in range(len(users))
     ]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mrm.baselines import fit_global_head, user_accuracy
 from mrm.demo import (
     ARCHETYPES,
     ATTRIBUTES,
@@ -39,6 +40,7 @@ from mrm.demo import (
     simulate_labels,
     summary_rows,
 )
+from mrm.evaluate import summarize
 from mrm.fileio import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -161,13 +163,13 @@ def _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
     splits = build_user_splits(data, config.seed, "REDDIT")
     baselines = {}
     if config.global_head_steps > 0:
-        head = train_global_head(data.embeddings, splits.seen, config.global_head_steps, config.seed)
-        baselines["global_bt"] = _summary(
-            user_accuracies(head, data.embeddings, splits.seen), user_accuracies(head, data.embeddings, splits.unseen)
+        head = fit_global_head(data.embeddings, splits.seen, epochs=config.global_head_steps, seed=config.seed)
+        baselines["global_bt"] = summarize(
+            user_accuracy(head, data.embeddings, splits.seen), user_accuracy(head, data.embeddings, splits.unseen)
         )
     ceiling = noise_ceiling(posts, annotators, users)
     few_labels = accuracy_by_label_count(result.model, data.embeddings, splits.unseen, config)
-    baselines["noise_ceiling"] = _summary(
+    baselines["noise_ceiling"] = summarize(
         torch.tensor([ceiling[u.user_id] for u in splits.seen]), torch.tensor([ceiling[u.user_id] for u in splits.unseen])
     )
 
@@ -197,25 +199,6 @@ def _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
     return BuildResult(out=out, card=card)
 
 
-def train_global_head(embeddings: Tensor, users: Sequence, steps: int, seed: int, lr: float = 1e-2) -> MRM:
-    """Fit one Bradley-Terry reward head (K = 1) on the pooled training pairs of `users`: the no-personalisation baseline."""
-    from mrm.model import MRM
-    from mrm.objectives import bradley_terry_loss
-
-    torch.manual_seed(seed)
-    head = MRM(in_dim=embeddings.shape[1], hidden_layers=[1])
-    chosen = torch.cat([u.train_chosen for u in users])
-    rejected = torch.cat([u.train_rejected for u in users])
-    chosen_embeddings, rejected_embeddings = embeddings[chosen].float(), embeddings[rejected].float()  # (P, H)
-    optimizer = torch.optim.Adam(head.layers.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = bradley_terry_loss(head(chosen_embeddings) - head(rejected_embeddings))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return head.eval()
-
-
 def accuracy_by_label_count(model: MRM, embeddings: Tensor, users: Sequence, config: BuildConfig) -> list[dict]:
     """Return the mean test accuracy of `users` after adapting on only their first n training pairs, for n in `LABEL_COUNTS`.
 
@@ -230,22 +213,6 @@ def accuracy_by_label_count(model: MRM, embeddings: Tensor, users: Sequence, con
         scores = score_users(model, embeddings, pair_sets, config.inner_lr, config.eval_inner_epochs)
         curve.append({"labels": count, "accuracy": round(float(scores.after.mean()), 4)})
     return curve
-
-
-@torch.no_grad()
-def user_accuracies(model, embeddings: Tensor, users: Sequence) -> Tensor:
-    """Test-pair accuracy `[U]` of each user under the model's shared mixture logits (no adaptation)."""
-    accuracies = []
-    for user in users:
-        margins = model(embeddings[user.test_chosen].float()) - model(embeddings[user.test_rejected].float())
-        accuracies.append(float((margins > 0).float().mean()))
-    return torch.tensor(accuracies)
-
-
-def _summary(seen: Tensor, unseen: Tensor) -> dict[str, float]:
-    from mrm.evaluate import summarize
-
-    return summarize(seen, unseen)
 
 
 def _figures(values: dict) -> dict[str, float]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mrm.adapt import inner_loop, margins_from_logits
+from mrm.adapt import inner_loop, margins_from_logits, pad_margin_bases
 from mrm.data import (
     DataError,
     UserPairs,
@@ -219,13 +219,6 @@ def training_differences(embeddings: Tensor, users: list[UserPairs], device: tor
     return views
 
 
-def _padded(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
-    lengths = torch.tensor([r.shape[0] for r in rows])
-    padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (T, P, K)
-    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
-    return padded, mask.to(padded.device)
-
-
 def group_meta_objective(
     model: MRM,
     differences: list[Tensor],
@@ -244,8 +237,8 @@ def group_meta_objective(
     # Support and query sets together cover a user's training pairs, so the margins of the
     # whole block are computed in place (no copy of the wide rows) and then indexed.
     user_margins = [model.base_reward_margins(differences[t.user_index]) for t in tasks]  # [(P_u, K)], with grad
-    support_bases, support_mask = _padded([m[t.support_positions] for m, t in zip(user_margins, tasks)])  # (T, P, K), (T, P)
-    query_bases, query_mask = _padded([m[t.query_positions] for m, t in zip(user_margins, tasks)])
+    support_bases, support_mask = pad_margin_bases([m[t.support_positions] for m, t in zip(user_margins, tasks)])  # (T, P, K), (T, P)
+    query_bases, query_mask = pad_margin_bases([m[t.query_positions] for m, t in zip(user_margins, tasks)])
 
     adapted = inner_loop(support_bases, support_mask, model.shared_weight, inner_steps, inner_lr, create_graph=True)
     query_losses = bradley_terry_loss(margins_from_logits(query_bases, adapted.logits), query_mask)  # (T,)

@@ -283,24 +283,17 @@ def _read_csv(text: str, result: PairsReadResult, errors: _ErrorList, name: str)
 
 
 def _read_jsonl(text: str, result: PairsReadResult, errors: _ErrorList) -> None:
-    columns: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            errors.add(f"{where}: not valid JSON ({error.msg} at column {error.colno})")
-            continue
-        if not isinstance(record, dict):
-            errors.add(f"{where}: expected a JSON object, got {type(record).__name__}")
-            continue
-        columns.update(record)
-        pair = _check_record(record, where, errors)
-        if pair is not None:
-            result.pairs.append(pair)
-    _warn_extra_columns(columns, result)
+    def records():
+        # A generator, so decoding errors and record errors are reported in line order.
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as error:
+                errors.add(f"line {number}: not valid JSON ({error.msg} at column {error.colno})")
+
+    _add_records(records(), result, errors)
 
 
 def _read_json_array(text: str, result: PairsReadResult, errors: _ErrorList) -> None:
@@ -312,9 +305,13 @@ def _read_json_array(text: str, result: PairsReadResult, errors: _ErrorList) -> 
     if not isinstance(records, list):
         errors.add(f"expected a JSON array of objects, got {type(records).__name__}")
         return
+    _add_records([(f"item {number}", record) for number, record in enumerate(records, start=1)], result, errors)
+
+
+def _add_records(records: Iterable[tuple[str, object]], result: PairsReadResult, errors: _ErrorList) -> None:
+    """Check decoded JSON records, each with its location for messages, and keep the valid pairs."""
     columns: set[str] = set()
-    for number, record in enumerate(records, start=1):
-        where = f"item {number}"
+    for where, record in records:
         if not isinstance(record, dict):
             errors.add(f"{where}: expected a JSON object, got {type(record).__name__}")
             continue

@@ -66,7 +66,7 @@ def test_meta_gradient_flows_through_inner_step(population):
 
     # First-order version: same objective with the inner step's gradient cut off.
     from mrm.adapt import inner_loop, margins_from_logits
-    from mrm.meta_train import _padded
+    from mrm.adapt import pad_margin_bases as _padded
     from mrm.objectives import bradley_terry_loss, rpo_objective
 
     differences = training_differences(data.embeddings, splits.seen, "cpu")

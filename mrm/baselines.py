@@ -27,7 +27,7 @@ def fit_global_head(embeddings: Tensor, users: list[UserPairs], epochs: int = 20
 
 @torch.no_grad()
 def user_accuracy(model: MRM, embeddings: Tensor, users: list[UserPairs]) -> Tensor:
-    """Each user's test accuracy under `model` with no adaptation, `[U]`."""
+    """Compute each user's test accuracy `[U]` under `model` with no adaptation."""
     return torch.tensor([
         float(((model(embeddings[u.test_chosen]) - model(embeddings[u.test_rejected])) > 0).float().mean())
         for u in users

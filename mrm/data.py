@@ -3,10 +3,10 @@
 An embedding dataset is two files that existing MRM users already have:
 
 - `NAME.pt`: one tensor `[N, hidden]` (bf16 or fp32), one row per response;
-- `NAME.json`: `{user_id: [entry, ...]}`; an entry has `chosen_idx`,
-  `rejected_idx` (rows of the tensor) and `split` ("train" or "val"), and
-  optionally `prompt`, `chosen`, `rejected`, `chosen_score`,
-  `rejected_score` and `conversation_id`.
+- `NAME.json`: `{user_id: [entry, ...]}`. An entry has `chosen_idx` and
+  `rejected_idx` (rows of the tensor) and `split` ("train" or "val"). It may
+  also have `prompt`, `chosen`, `rejected`, `chosen_score`, `rejected_score`
+  and `conversation_id`.
 
 `build_user_splits` turns them into seen and unseen users with the same
 random choices as the published MRM code (see `split_seen_unseen` and
@@ -221,9 +221,9 @@ def split_conversations(conversation_ids: Sequence[str], user_id: str, seed: int
     """Split one user's conversations 50/50 into (train, val) ids.
 
     The ids, in file order, are shuffled with the per-user generator
-    (`user_generator`); the first `len // 2` are training conversations and
-    the rest test conversations, so an odd count puts the extra one in the
-    test half. Published PRISM embedding files carry no `split` field and get
+    (`user_generator`). The first `len // 2` are training conversations and
+    the rest are test conversations, so an odd count puts the extra one in
+    the test half. Published PRISM embedding files carry no `split` field and get
     their split from this rule at load time.
     """
     ids = list(conversation_ids)
@@ -275,10 +275,10 @@ def build_user_splits(
 ) -> UserSplits:
     """Build seen and unseen users with their capped training pairs and test pairs.
 
-    Users are split over every id in the metadata (so the assignment matches
-    the published code); users left with no training or no test pairs are then
-    skipped and listed in `UserSplits.skipped`, as are pairs whose embedding
-    rows contain NaN or inf.
+    Users are split over every id in the metadata, so the assignment matches
+    the published code. Users left with no training or no test pairs are then
+    skipped and listed in `UserSplits.skipped`. Pairs whose embedding rows
+    contain NaN or inf are dropped with a warning.
     """
     dataset = dataset.upper()
     if dataset not in ("REDDIT", "PRISM"):

@@ -2,7 +2,7 @@
 
 `examples/demo_corpus.jsonl` contains short Reddit-style posts written for this
 project, each with several faithful TL;DR summaries that differ in four style
-attributes (see `ATTRIBUTES`; `examples/ATTRIBUTES.md` defines them). A
+attributes (`ATTRIBUTES`, defined in `examples/ATTRIBUTES.md`). A
 simulated population of annotators labels pairs of summaries of the same
 post: each annotator weighs the attributes differently, and a label is drawn
 from a Bradley-Terry model on the attribute difference. The labels depend only

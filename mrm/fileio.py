@@ -15,7 +15,7 @@ from typing import Any
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success, rename it over `path`.
 
-    The rename is atomic on POSIX file systems, so `path` holds either the old
+    The rename is atomic on POSIX file systems, so `path` contains either the old
     content or the complete new one. On an exception the temporary file is removed.
     """
     path = Path(path)

@@ -89,7 +89,7 @@ class RunHandle:
 
 @dataclass
 class RunStatus:
-    """What a run folder shows at one moment.
+    """Snapshot of a run folder at one moment.
 
     `state` is one of running, done, failed, cancelled or interrupted (the
     progress file has status running but the process is gone, for example
@@ -406,7 +406,7 @@ class JobManager:
                     job_info.update(finished_at=_now(), error=str(error))
                     write_json_atomic(run_dir / JOB_FILE, job_info)
                     self._write_progress(run_dir, "failed", f"could not start the trainer: {error}")
-                    raise JobInputError(f"could not start the trainer command {command[0]!r}: {error}") from error
+                    raise JobInputError(f"failed to start the trainer command {command[0]!r}: {error}") from error
 
             job_info["pid"] = popen.pid
             write_json_atomic(run_dir / JOB_FILE, job_info)

@@ -2,9 +2,9 @@
 
 Each seen user is a task. Per outer step, a group of `tasks_per_batch` users
 adapts the shared mixture logits on their support pairs with differentiable
-Adam steps (`mrm.adapt.inner_loop` with `create_graph=True`); the adapted
-logits' query losses are combined by the Robust Personalization Objective and
-backpropagated into the layers and the initial logits.
+Adam steps (`mrm.adapt.inner_loop` with `create_graph=True`). The Robust
+Personalization Objective combines the adapted logits' query losses, and its
+gradient reaches the layers and the initial logits.
 """
 
 from __future__ import annotations

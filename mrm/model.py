@@ -255,7 +255,8 @@ def load_mrm(path: str | os.PathLike, device: str | torch.device = "cpu") -> MRM
         for key in ("in_dim", "hidden_layers", "use_bias"):
             if key in declared and declared[key] != config[key]:
                 raise CheckpointError(
-                    f"{config_path} says {key}={declared[key]!r} but the weights in {path.name} have {key}={config[key]!r}"
+                    f"{config_path} declares {key}={declared[key]!r} but the weights in {path.name} have {key}={config[key]!r}; "
+                    "fix or delete the config.json"
                 )
 
     model = MRM(**config)

@@ -34,8 +34,8 @@ def rpo_objective(task_losses: Tensor, rpo_ratio: float, rpo_gamma: float) -> Te
 
     `tau` is the `(1 - rpo_ratio)` quantile of the losses (linear
     interpolation). With `rpo_gamma > 0` each loss is weighted by
-    `sigmoid((L - tau) / rpo_gamma)`, weights not detached, and the weighted
-    losses are summed; with `rpo_gamma <= 0` only losses strictly above `tau`
+    `sigmoid((L - tau) / rpo_gamma)` (weights not detached) and the weighted
+    losses are summed. With `rpo_gamma <= 0` only losses strictly above `tau`
     are summed.
     """
     if task_losses.ndim != 1 or task_losses.numel() == 0:

@@ -1,8 +1,8 @@
 """Synthetic multi-user preference data in the embedding-file format.
 
 Every user scores a response embedding `x` with `sum_j w_j * <d_j, x>` over a
-few hidden reward directions `d_j`; users differ in their weights `w`, drawn
-around one of the directions, so their preferences conflict. Labels are drawn
+few hidden reward directions `d_j`. Users differ in their weights `w`, which
+lean towards one of the directions, so their preferences conflict. Labels are drawn
 Bradley-Terry from the score difference.
 """
 

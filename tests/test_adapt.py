@@ -35,7 +35,7 @@ def test_adapt_changes_only_logits(model):
         assert torch.equal(value, before[key]), key
 
 
-def test_adapt_trace_has_one_value_per_step_plus_start(model):
+def test_adapt_trace_length(model):
     result = adapt_logits(model, torch.randn(4, 8), torch.randn(4, 8), steps=5, lr=0.1)
     assert len(result.support_loss) == 6
 

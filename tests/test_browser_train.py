@@ -1,7 +1,7 @@
 """Train & evaluate tab in headless Chromium: start a real training run, watch progress, cancel it.
 
 The app runs in offline demo mode with its runs folder in a temporary
-directory; the data is a small synthetic embedding file given by path.
+directory. The data is a small synthetic embedding file given by path.
 Screenshots go to test-artifacts/.
 """
 

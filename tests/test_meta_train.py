@@ -164,7 +164,7 @@ def test_failed_run_is_marked_in_progress_file(tmp_path):
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["status"] == "failed"
 
 
-def test_meta_training_beats_init_and_global_head_on_unseen_users(tmp_path):
+def test_meta_training_beats_baselines_unseen(tmp_path):
     pt, js = make_population(tmp_path / "big", num_users=24, dim=32, train_pairs=40, test_pairs=20, seed=0)
     config = TrainConfig(embed_pt=str(pt), meta_json=str(js), epochs=60, hidden_layers=[2], inner_lr=1.0,
                          train_inner_epochs=5, eval_inner_epochs=5, meta_lr=0.1, log_freq=60, select_on="last", val_ratio=0.5)

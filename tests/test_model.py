@@ -11,7 +11,7 @@ def published_state_dict(in_dim=16, sizes=(2,), bias=False, seed=0):
     return MRM(in_dim, sizes, bias).state_dict()
 
 
-def test_mrm_reward_is_softmax_mix_of_scaled_linear_bases():
+def test_reward_mixes_scaled_linear_bases():
     model = MRM(4, [2])
     x = torch.randn(3, 4)
     bases = (x * 0.01) @ model.layers[0].weight.T

@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Any
 
 
+def set_default_permissions(path: str | os.PathLike) -> None:
+    """Give `path` the permissions a plain `open()` would: 0666 minus the process umask.
+
+    Writers that create files as 0600 (`tempfile.mkstemp`, safetensors'
+    `save_file`) would otherwise leave files other accounts cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success, rename it over `path`.
@@ -25,10 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp_name)
     try:
         yield tmp_path
-        # mkstemp creates the file as 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        set_default_permissions(tmp_path)  # mkstemp creates the file as 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -27,6 +27,8 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
+from mrm.fileio import set_default_permissions
+
 logger = logging.getLogger(__name__)
 
 INPUT_SCALE = 0.01
@@ -300,5 +302,6 @@ def save_mrm(model: MRM, directory: str | os.PathLike, extra_config: Mapping | N
         model.save_pretrained(tmp, config=config)
         # The mixin's generic README.md card stays behind: `mrm.hub.push_checkpoint` writes a real one.
         for name in (WEIGHTS_NAME, CONFIG_NAME):
+            set_default_permissions(Path(tmp) / name)
             os.replace(Path(tmp) / name, directory / name)
     return directory

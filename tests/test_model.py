@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -85,6 +87,16 @@ def test_save_writes_config_with_extra_keys(tmp_path):
 def test_save_leaves_no_temporary_files(tmp_path):
     save_mrm(MRM(16, [2]), tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_save_gives_umask_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_mrm(MRM(16, [2]), tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "ckpt" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "ckpt" / "config.json").stat().st_mode) == 0o644
 
 
 def test_config_contradicting_weights_is_rejected(tmp_path):

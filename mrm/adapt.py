@@ -8,6 +8,8 @@ are adapted at once by padding their pairs to `[U, P, K]` with a mask.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -186,6 +188,42 @@ class AdaptResult:
     num_pairs: int = 0
 
 
+def _embedding_tensor(name: str, value, in_dim: int) -> Tensor:
+    """Return `value` as a float tensor `[..., in_dim]` of finite numbers, or raise a ValueError naming `name`."""
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, Tensor) else value
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name} must be a tensor of shape [..., {in_dim}]; could not convert it: {error}") from error
+    if tensor.ndim == 0 or tensor.shape[-1] != in_dim:
+        width = tensor.shape[-1] if tensor.ndim else "none"
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)}: embedding width {width} does not match the checkpoint's "
+            f"in_dim {in_dim}; use the encoder the checkpoint was trained with"
+        )
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad_rows = int((~finite.reshape(-1, in_dim).all(dim=1)).sum())
+        raise ValueError(f"{name} contains NaN or infinite values in {bad_rows} row(s); re-embed those texts or drop them")
+    return tensor
+
+
+def _logits_tensor(value, num_bases: int, device: torch.device) -> Tensor:
+    """Return mixture logits `value` as a finite float tensor `[num_bases]`, or raise a ValueError."""
+    tensor = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if tensor.shape != (num_bases,):
+        raise ValueError(f"mixture logits must have shape [{num_bases}] (K of the checkpoint), got {tuple(tensor.shape)}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"mixture logits must be finite, got {tensor.tolist()}")
+    return tensor
+
+
+def _check_adaptation_settings(steps: int, lr: float) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps={steps!r} must be a non-negative integer (the number of Adam steps)")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr={lr!r} must be a positive, finite learning rate (the published one is 5e-3)")
+
+
 def adapt_logits(
     model: MRM,
     chosen_embeddings: Tensor,
@@ -200,7 +238,17 @@ def adapt_logits(
         chosen_embeddings, rejected_embeddings: `[P, H]` embeddings of the preferred and
             the other response of each pair.
         init_logits: starting logits `[K]`; defaults to the model's meta-learned ones.
+        steps: Adam steps on the pairs, with fresh optimizer state. The default of
+            one step at `lr` 5e-3 is the published Reddit setting.
+        lr: Adam learning rate of those steps.
+
+    Raises:
+        ValueError: for mismatched or non-finite embeddings, logits of the wrong
+            size, or invalid `steps` or `lr`.
     """
+    chosen_embeddings = _embedding_tensor("chosen_embeddings", chosen_embeddings, model.in_dim)
+    rejected_embeddings = _embedding_tensor("rejected_embeddings", rejected_embeddings, model.in_dim)
+    _check_adaptation_settings(steps, lr)
     if chosen_embeddings.shape != rejected_embeddings.shape or chosen_embeddings.ndim != 2:
         raise ValueError(
             f"chosen and rejected embeddings must both be [pairs, hidden]; got {tuple(chosen_embeddings.shape)} "
@@ -213,12 +261,10 @@ def adapt_logits(
             f"embedding width {chosen_embeddings.shape[1]} does not match the checkpoint's in_dim {model.in_dim}; "
             "use the encoder the checkpoint was trained with"
         )
-    if steps < 0:
-        raise ValueError(f"steps={steps} must be zero or positive")
 
-    start = model.shared_weight if init_logits is None else torch.as_tensor(init_logits, dtype=torch.float32)
+    device = model.shared_weight.device
+    start = model.shared_weight if init_logits is None else _logits_tensor(init_logits, model.num_bases, device)
     with torch.no_grad():
-        device = model.shared_weight.device
         margin_bases = model.base_rewards(chosen_embeddings.to(device)) - model.base_rewards(rejected_embeddings.to(device))
     mask = torch.ones(1, margin_bases.shape[0], dtype=torch.bool, device=margin_bases.device)
     result = inner_loop(margin_bases[None], mask, start.detach().to(margin_bases.device), steps, lr)
@@ -243,6 +289,12 @@ def adapt_users(
     """
     if not users:
         return []
+    _check_adaptation_settings(steps, lr)
+    users = [
+        (_embedding_tensor(f"user {index} chosen embeddings", chosen, model.in_dim),
+         _embedding_tensor(f"user {index} rejected embeddings", rejected, model.in_dim))
+        for index, (chosen, rejected) in enumerate(users)
+    ]
     for index, (chosen, rejected) in enumerate(users):
         if chosen.shape != rejected.shape or chosen.ndim != 2 or chosen.shape[0] == 0 or chosen.shape[1] != model.in_dim:
             raise ValueError(
@@ -253,7 +305,7 @@ def adapt_users(
     with torch.no_grad():
         margins = [model.base_reward_margins(chosen.to(device) - rejected.to(device)) for chosen, rejected in users]
     margin_bases, mask = pad_margin_bases(margins)  # (U, P, K), (U, P)
-    start = model.shared_weight if init_logits is None else torch.as_tensor(init_logits, dtype=torch.float32, device=device)
+    start = model.shared_weight if init_logits is None else _logits_tensor(init_logits, model.num_bases, device)
     result = inner_loop(margin_bases, mask, start.detach(), steps, lr)
     return [
         AdaptResult(
@@ -270,7 +322,8 @@ def adapt_users(
 def score(model: MRM, embeddings: Tensor, logits: Tensor | None = None) -> Tensor:
     """Rewards `[N]` of embeddings `[N, H]` under the given mixture logits (default: the model's)."""
     device = model.shared_weight.device
-    mixture = model.shared_weight if logits is None else torch.as_tensor(logits, dtype=torch.float32, device=device)
+    embeddings = _embedding_tensor("embeddings", embeddings, model.in_dim)
+    mixture = model.shared_weight if logits is None else _logits_tensor(logits, model.num_bases, device)
     return model(embeddings.to(device), mixture).cpu()
 
 

@@ -92,3 +92,51 @@ def test_adapt_users_matches_single_user_calls(model):
 def test_adapt_users_names_the_bad_user(model):
     with pytest.raises(ValueError, match="user 1"):
         adapt_users(model, [(torch.randn(2, 8), torch.randn(2, 8)), (torch.randn(2, 4), torch.randn(2, 4))])
+
+
+def test_adapt_rejects_nan_embeddings(model):
+    chosen = torch.randn(3, 8)
+    chosen[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"chosen_embeddings contains NaN or infinite values in 1 row"):
+        adapt_logits(model, chosen, torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf")])
+def test_adapt_rejects_invalid_lr(model, lr):
+    with pytest.raises(ValueError, match="must be a positive, finite learning rate"):
+        adapt_logits(model, torch.randn(2, 8), torch.randn(2, 8), lr=lr)
+
+
+@pytest.mark.parametrize("steps", [-1, 1.5, True])
+def test_adapt_rejects_invalid_steps(model, steps):
+    with pytest.raises(ValueError, match="must be a non-negative integer"):
+        adapt_logits(model, torch.randn(2, 8), torch.randn(2, 8), steps=steps)
+
+
+def test_adapt_rejects_logits_of_wrong_size(model):
+    with pytest.raises(ValueError, match=r"must have shape \[3\]"):
+        adapt_logits(model, torch.randn(2, 8), torch.randn(2, 8), init_logits=torch.zeros(4))
+
+
+def test_adapt_accepts_nested_lists(model):
+    chosen, rejected = torch.randn(2, 8), torch.randn(2, 8)
+    from_lists = adapt_logits(model, chosen.tolist(), rejected.tolist(), steps=2, lr=0.1)
+    from_tensors = adapt_logits(model, chosen, rejected, steps=2, lr=0.1)
+    assert torch.allclose(from_lists.logits, from_tensors.logits)
+
+
+def test_score_rejects_wrong_width(model):
+    with pytest.raises(ValueError, match="embedding width 10 does not match the checkpoint's in_dim 8"):
+        score(model, torch.randn(2, 10))
+
+
+def test_score_rejects_logits_of_wrong_size(model):
+    with pytest.raises(ValueError, match=r"must have shape \[3\]"):
+        score(model, torch.randn(2, 8), torch.zeros(2))
+
+
+def test_adapt_users_rejects_nan_embeddings(model):
+    bad = torch.randn(2, 8)
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="user 1 rejected embeddings contains NaN"):
+        adapt_users(model, [(torch.randn(2, 8), torch.randn(2, 8)), (torch.randn(2, 8), bad)])

@@ -1,7 +1,10 @@
 """Preference-pair files: read uploads leniently, write downloads exactly.
 
 A pairs file contains one labelled comparison per record with the columns
-`prompt`, `chosen`, `rejected` and an optional `user_id`. Two formats are read:
+`prompt`, `chosen`, `rejected` and the optional `user_id` and `split`. A
+`split` value is "train" or "val"; "test", "validation" and "valid" mean
+"val", and an empty value leaves the split to the reader of the pairs. Two
+formats are read:
 
 - CSV with a header row (comma, semicolon or tab separated; fields may span
   lines when quoted, as spreadsheet programs write them);
@@ -13,7 +16,11 @@ Other columns are ignored with a warning. A column such as `label` or
 must already put the preferred response under `chosen`.
 
 Reading never stops at a bad record. Each one is reported by line number
-("line 7: missing 'rejected'") and the remaining records are kept.
+("line 7: missing 'rejected'") and the remaining records are kept. A CSV
+record is malformed when its field count differs from the header's, when text
+follows a closing quote, or when a quoted field is never closed. Reading
+resumes at the next record, or after an unclosed quote at the line after the
+one where the record started.
 
 Text decoding: UTF-8 (a byte order mark is allowed), UTF-16 when the file
 starts with a UTF-16 byte order mark, otherwise cp1252 (the usual encoding of
@@ -29,7 +36,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +45,18 @@ from mrm.fileio import atomic_path, write_text_atomic
 logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-OPTIONAL_COLUMNS = ("user_id",)
+OPTIONAL_COLUMNS = ("user_id", "split")
 PAIR_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 MAX_REPORTED_ERRORS = 200
 # Python's csv module rejects fields over 128 KiB by default; long prompts
 # (a whole conversation or article) can exceed that.
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _CSV_DELIMITERS = (",", ";", "\t")
+# Accepted values of the `split` column and the split of the embedding format each one means.
+SPLIT_VALUES = {"train": "train", "val": "val", "test": "val", "validation": "val", "valid": "val"}
+# After an unclosed quote the rest of the file is parsed again from the next line.
+# Reading stops after this many such records, so the time stays linear in the file size.
+MAX_CSV_RESTARTS = 20
 
 
 @dataclass
@@ -53,7 +65,8 @@ class PairsReadResult:
 
     Attributes:
         pairs: valid records as dicts with `prompt`, `chosen`, `rejected` and,
-            when the file has it, `user_id`; in file order.
+            when the record has a non-empty value, `user_id` and `split`
+            ("train" or "val"); in file order.
         errors: one message per skipped record, prefixed with its line number
             (CSV, JSON Lines) or item number (JSON array). A message without
             a prefix concerns the whole file.
@@ -212,6 +225,17 @@ def _check_record(record: Mapping, where: str, errors: _ErrorList) -> dict | Non
         return None
     if user_id is not None and str(user_id).strip():
         pair["user_id"] = str(user_id).strip()
+
+    split = record.get("split")
+    if split is not None and not isinstance(split, str):
+        errors.add(f"{where}: 'split' must be text, got {type(split).__name__}")
+        return None
+    if split is not None and split.strip():
+        value = SPLIT_VALUES.get(split.strip().lower())
+        if value is None:
+            errors.add(f"{where}: invalid 'split' {split!r}; use train or val (test and validation also mean val)")
+            return None
+        pair["split"] = value
     return pair
 
 
@@ -220,7 +244,7 @@ def _warn_extra_columns(columns: Iterable[str], result: PairsReadResult) -> None
     if extra:
         names = ", ".join(f"'{column}'" for column in extra)
         result.warnings.append(
-            f"ignored column(s) {names}: only prompt, chosen, rejected and user_id are read, "
+            f"ignored column(s) {names}: only prompt, chosen, rejected, user_id and split are read, "
             "and chosen must hold the preferred response"
         )
 
@@ -243,11 +267,11 @@ def _read_csv(text: str, result: PairsReadResult, errors: _ErrorList, name: str)
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     header_line = text.lstrip("\r\n").splitlines()[0]
     delimiter = _pick_delimiter(header_line, name)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = _csv_rows(io.StringIO(text, newline="").readlines(), delimiter, errors)
 
     # Header row: blank lines before it are skipped.
     header: list[str] = []
-    for row in reader:
+    for _, row in rows:
         if any(cell.strip() for cell in row):
             header = [cell.strip().lower() for cell in row]
             break
@@ -257,29 +281,79 @@ def _read_csv(text: str, result: PairsReadResult, errors: _ErrorList, name: str)
         found = ", ".join(f"'{cell}'" for cell in header) or "none"
         errors.add(
             f"missing column(s) {names} in the header row (found {found}); "
-            "the first row must name the columns prompt, chosen, rejected and optionally user_id"
+            "the first row must name the columns prompt, chosen, rejected and optionally user_id and split"
         )
         return
     _warn_extra_columns(header, result)
 
-    # Records: csv.reader.line_num is the last physical line of the record just read,
-    # so a record starts one line after the previous record ended.
-    record_start = reader.line_num + 1
-    try:
-        for row in reader:
-            where = f"line {record_start}"
-            record_start = reader.line_num + 1
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) > len(header):
-                errors.add(f"{where}: {len(row)} fields but the header has {len(header)} columns")
-                continue
-            record = dict(zip(header, row))
-            pair = _check_record(record, where, errors)
-            if pair is not None:
-                result.pairs.append(pair)
-    except csv.Error as error:
-        errors.add(f"line {record_start}: unreadable CSV ({error}); the records after it were not read")
+    # Records: a row whose field count differs from the header's is malformed,
+    # because zip() would otherwise shift or drop its values silently.
+    for line, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            errors.add(f"line {line}: {len(row)} fields but the header has {len(header)} columns")
+            continue
+        pair = _check_record(dict(zip(header, row)), f"line {line}", errors)
+        if pair is not None:
+            result.pairs.append(pair)
+
+
+def _csv_rows(lines: list[str], delimiter: str, errors: _ErrorList) -> Iterator[tuple[int, list[str]]]:
+    """Yield (first line number, fields) for each CSV record and add an error for each malformed one.
+
+    `lines` are physical lines with their line endings. The reader runs in
+    strict mode, so text after a closing quote (`"a" b`) and a quoted field
+    that is never closed raise `csv.Error` in place of being read as data.
+    """
+    start = 0  # index in `lines` where the current reader starts
+    restarts = 0
+    while start < len(lines):
+        reader = csv.reader(iter(lines[start:]), delimiter=delimiter, strict=True)
+
+        # reader.line_num counts the lines this reader consumed, so a record
+        # starts one line after the previous record ended.
+        record_start = start + 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                end = start + reader.line_num
+                if "unexpected end of data" not in str(error):
+                    # The reader drops the rest of the line it failed on and goes on with the next line.
+                    errors.add(_malformed_csv_message(error, record_start, end))
+                    record_start = end + 1
+                    continue
+
+                # A quoted field of this record is never closed, so the reader took
+                # the rest of the file as one field. Read on from the next line.
+                restarts += 1
+                message = f"line {record_start}: malformed CSV (a quoted field is never closed)"
+                if restarts > MAX_CSV_RESTARTS:
+                    errors.add(
+                        f"{message}; stopped reading after {MAX_CSV_RESTARTS} such records, "
+                        "so the lines after it were not read"
+                    )
+                    return
+                errors.add(f"{message}; close the quote, or double each quote that is part of the text (\"\")")
+                start = record_start
+                break
+            yield record_start, row
+            record_start = start + reader.line_num + 1
+
+
+def _malformed_csv_message(error: csv.Error, first_line: int, last_line: int) -> str:
+    if "expected after" not in str(error):
+        return f"line {first_line}: malformed CSV ({error})"
+    advice = "quote the whole field and double each quote inside it (\"\"), or remove the quotes"
+    if last_line == first_line:
+        return f"line {first_line}: malformed CSV (text follows a closing quote); {advice}"
+    return (
+        f"lines {first_line}-{last_line}: malformed CSV (text follows a closing quote on line {last_line}, "
+        f"and a record that runs over several lines may start with an unbalanced quote on line {first_line}); {advice}"
+    )
 
 
 def _read_jsonl(text: str, result: PairsReadResult, errors: _ErrorList) -> None:
@@ -324,13 +398,14 @@ def _add_records(records: Iterable[tuple[str, object]], result: PairsReadResult,
 
 def _columns_for(pairs: list[Mapping]) -> list[str]:
     columns = list(REQUIRED_COLUMNS)
-    if any(pair.get("user_id") not in (None, "") for pair in pairs):
-        columns.append("user_id")
+    for column in OPTIONAL_COLUMNS:
+        if any(pair.get(column) not in (None, "") for pair in pairs):
+            columns.append(column)
     return columns
 
 
 def pairs_to_csv_text(pairs: list[Mapping]) -> str:
-    """Render pairs as CSV text with a header row; `user_id` appears when any pair has one."""
+    """Render pairs as CSV text with a header row; `user_id` and `split` appear when any pair has one."""
     columns = _columns_for(pairs)
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\r\n")

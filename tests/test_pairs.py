@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mrm.pairs import (
+    MAX_CSV_RESTARTS,
     MAX_REPORTED_ERRORS,
     pairs_to_csv_text,
     pairs_to_jsonl_text,
@@ -72,6 +73,102 @@ def test_read_csv_row_with_too_many_fields():
     text = "prompt,chosen,rejected\np,a,b,extra\n"
     result = read_pairs(text.encode(), "pairs.csv")
     assert result.errors == ["line 2: 4 fields but the header has 3 columns"]
+
+
+def test_read_csv_row_with_too_few_fields():
+    text = "prompt,chosen,rejected,user_id\np,a,b\nq,a,b,u4\n"
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert result.errors == ["line 2: 3 fields but the header has 4 columns"]
+    assert result.pairs == [{"prompt": "q", "chosen": "a", "rejected": "b", "user_id": "u4"}]
+
+
+def test_read_csv_unbalanced_quote_is_malformed():
+    text = 'prompt,chosen,rejected,user_id\n"unterminated,"a","b",u3\nq,a,b,u4\n'
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith("line 2: malformed CSV (text follows a closing quote)")
+    assert result.pairs == [{"prompt": "q", "chosen": "a", "rejected": "b", "user_id": "u4"}]
+
+
+def test_read_csv_text_after_closing_quote():
+    text = 'prompt,chosen,rejected\n"a" junk,b,c\nq,a,b\n'
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith("line 2: malformed CSV (text follows a closing quote)")
+    assert result.pairs == [{"prompt": "q", "chosen": "a", "rejected": "b"}]
+
+
+def test_read_csv_semicolon_text_after_quote():
+    result = read_pairs(b'prompt;chosen;rejected\n"a" x;b;c\nq;a;b\n', "pairs.csv")
+    assert result.errors[0].startswith("line 2: malformed CSV (text follows a closing quote)")
+    assert len(result.pairs) == 1
+
+
+def test_read_csv_unclosed_quote_resumes_next_line():
+    text = 'prompt,chosen,rejected\n"open,a,b\nq,a,b\n'
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert len(result.errors) == 1
+    assert result.errors[0].startswith("line 2: malformed CSV (a quoted field is never closed)")
+    assert result.pairs == [{"prompt": "q", "chosen": "a", "rejected": "b"}]
+
+
+def test_read_csv_malformed_multiline_record_lines():
+    text = 'prompt,chosen,rejected\n"two\nlines" junk,a,b\nq,,c\n'
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert result.errors[0].startswith("lines 2-3: malformed CSV")
+    assert result.errors[1] == "line 4: missing 'chosen'"
+
+
+def test_read_csv_line_numbers_after_unclosed_quote():
+    text = 'prompt,chosen,rejected\n"multi\nline",a,b\n"open,x,y\nq,,c\n'
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert result.errors[0].startswith("line 4: malformed CSV (a quoted field is never closed)")
+    assert result.errors[1] == "line 5: missing 'chosen'"
+    assert result.pairs == [{"prompt": "multi\nline", "chosen": "a", "rejected": "b"}]
+
+
+def test_read_csv_unclosed_quotes_stop_after_limit():
+    # Each line opens a quote that the next lines never close; read as one field, they close and reopen it.
+    lines = ['a","'] * (MAX_CSV_RESTARTS + 1) + ["q,a,b"]
+    result = read_pairs(("prompt,chosen,rejected\n" + "\n".join(lines) + "\n").encode(), "pairs.csv")
+    assert len(result.errors) == MAX_CSV_RESTARTS + 1
+    assert "so the lines after it were not read" in result.errors[-1]
+    assert result.pairs == []
+
+
+def test_read_csv_crlf_quoting_still_reads():
+    text = 'prompt,chosen,rejected\r\n"a, ""quoted"" word","x\r\ny",z\r\nq,,c\r\n'
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert result.pairs == [{"prompt": 'a, "quoted" word', "chosen": "x\r\ny", "rejected": "z"}]
+    assert result.errors == ["line 4: missing 'chosen'"]
+
+
+def test_read_split_column_values():
+    text = "prompt,chosen,rejected,split\np,a,b,train\np,a,c,test\np,a,d, Validation \np,a,e,val\np,a,f,\n"
+    result = read_pairs(text.encode(), "pairs.csv")
+    assert [pair.get("split") for pair in result.pairs] == ["train", "val", "val", "val", None]
+
+
+def test_read_split_column_is_not_an_ignored_column():
+    result = read_pairs(b"prompt,chosen,rejected,split\np,a,b,train\n", "pairs.csv")
+    assert result.warnings == []
+
+
+def test_read_invalid_split_is_malformed():
+    result = read_pairs(b"prompt,chosen,rejected,split\np,a,b,dev\nq,a,b,train\n", "pairs.csv")
+    assert result.errors == ["line 2: invalid 'split' 'dev'; use train or val (test and validation also mean val)"]
+    assert len(result.pairs) == 1
+
+
+def test_read_jsonl_split_must_be_text():
+    result = read_pairs(b'{"prompt": "p", "chosen": "a", "rejected": "b", "split": 1}\n', "x.jsonl")
+    assert result.errors == ["line 1: 'split' must be text, got int"]
+
+
+def test_split_column_round_trip(tmp_path):
+    pairs = [{"prompt": "p", "chosen": "a", "rejected": "b", "split": "val"}, {"prompt": "q", "chosen": "c", "rejected": "d"}]
+    assert read_pairs(write_pairs_csv(pairs, tmp_path / "out.csv")).pairs == pairs
+    assert read_pairs(write_pairs_jsonl(pairs, tmp_path / "out.jsonl")).pairs == pairs
 
 
 def test_read_csv_missing_column_names_found_columns():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mrm.data import split_conversations
+from mrm.data import split_conversations, user_generator
 from mrm.pairs import read_pairs
 
 logger = logging.getLogger(__name__)
@@ -460,14 +460,29 @@ def load_prism(
 # ----------------------------------------------------------------------------- pairs files
 
 
-def load_pairs_file(path: str | os.PathLike, max_users: int | None = None, split: str = "train") -> PreparedDataset:
+def load_pairs_file(
+    path: str | os.PathLike,
+    max_users: int | None = None,
+    split: str = "train",
+    val_fraction: float = 0.0,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> PreparedDataset:
     """Prepare users from a pairs file; pairs without `user_id` go to user "default".
 
-    Every pair gets `split` (default "train"). Invalid records are logged and
+    A pair's `split` column ("train" or "val") is kept. The other pairs get
+    `split`, except that with `val_fraction > 0` that fraction of each user's
+    pairs without a `split` value, rounded and at least one, is held out as
+    "val". A user needs two such pairs for this, because one stays "train".
+    The held-out pairs are drawn with the per-user generator of
+    `mrm.data.user_generator` and `seed`. Invalid records are logged and
     skipped; a file with no valid pair raises `DatasetError` listing the problems.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be at least 0 and below 1, got {val_fraction}")
+    if val_fraction > 0 and split != "train":
+        raise ValueError(f"val_fraction holds pairs out of the train split, so split must be 'train', got {split!r}")
     result = read_pairs(path)
     for message in result.warnings:
         logger.warning("%s: %s", path, message)
@@ -478,11 +493,35 @@ def load_pairs_file(path: str | os.PathLike, max_users: int | None = None, split
         raise DatasetError(f"no valid pairs in {path}: {first_errors}")
 
     users: dict[str, list[dict]] = {}
+    unassigned: dict[str, list[int]] = {}  # user id -> positions of the entries without a split value
     for pair in result.pairs:
         user_id = pair.get("user_id") or PAIRS_DEFAULT_USER
+        entries = users.setdefault(user_id, [])
         entry = {key: pair[key] for key in ("prompt", "chosen", "rejected")}
-        entry["split"] = split
-        users.setdefault(user_id, []).append(entry)
+        if "split" in pair:
+            entry["split"] = pair["split"]
+        else:
+            entry["split"] = split
+            unassigned.setdefault(user_id, []).append(len(entries))
+        entries.append(entry)
+    if val_fraction > 0:
+        for user_id, positions in unassigned.items():
+            for position in held_out_positions(positions, user_id, val_fraction, seed):
+                users[user_id][position]["split"] = "val"
     users = limit_users(users, max_users)
-    stats = {"records": len(result.pairs) + len(result.errors), "invalid_records": len(result.errors)}
+    stats = {
+        "records": len(result.pairs) + len(result.errors),
+        "invalid_records": len(result.errors),
+        "pairs_with_split_value": len(result.pairs) - sum(len(positions) for positions in unassigned.values()),
+    }
     return index_conversations("pairs", users, stats)
+
+
+def held_out_positions(positions: list[int], user_id: str, fraction: float, seed: int) -> list[int]:
+    """Draw round(fraction * n) of a user's n positions, at least one and at most n - 1; none when n < 2."""
+    if len(positions) < 2:
+        return []
+    count = min(len(positions) - 1, max(1, round(fraction * len(positions))))
+    shuffled = list(positions)
+    user_generator(user_id, seed).shuffle(shuffled)
+    return sorted(shuffled[:count])

@@ -2,7 +2,7 @@
 
     python -m mrm embed reddit --out data/reddit
     python -m mrm embed prism --encoder demo --out data/prism_demo --max_users 20
-    python -m mrm embed pairs --input my_pairs.csv --out data/mine
+    python -m mrm embed pairs --input my_pairs.csv --out data/mine --val_fraction 0.3
     accelerate launch -m mrm embed reddit --out data/reddit    # one process per GPU
 
 The dataset is read (`mrm.datasets`), every unique (prompt, response)
@@ -29,7 +29,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,8 @@ DATASETS = ("reddit", "prism", "pairs")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# `train` and `evaluate` split users into seen and unseen halves and need a seen user with train and val pairs.
+MIN_TRAINING_USERS = 2
 
 
 class ShardError(RuntimeError):
@@ -71,7 +74,15 @@ class EmbedConfig:
         default=DEFAULT_ENCODER,
         metadata={"help": "Reward model id or local path, or 'demo' for the offline demo encoder."},
     )
-    input: str | None = field(default=None, metadata={"help": "Pairs file to embed (required for the pairs dataset)."})
+    input: str | None = field(
+        default=None,
+        metadata={"help": (
+            "Pairs file to embed (required for the pairs dataset): CSV with a header row, or JSON Lines. "
+            "Columns: prompt, chosen (the preferred response), rejected, and optionally user_id (pairs without "
+            "one go to the user 'default') and split (train or val, where test and validation also mean val; "
+            "it overrides --pairs_split and --val_fraction for that row)."
+        )},
+    )
     batch_size: int = field(default=16, metadata={"help": "Conversations per forward pass."})
     max_users: int | None = field(
         default=None, metadata={"help": "Keep only the first N users in sorted id order, for quick runs."}
@@ -81,7 +92,15 @@ class EmbedConfig:
         default=None, metadata={"help": "Dataset revision on the Hub (default: the Reddit parquet branch, PRISM main)."}
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": "Folder of already downloaded raw dataset files, read instead of the Hub."}
+        default=None,
+        metadata={"help": (
+            "Folder of already downloaded raw dataset files, read instead of the Hub. "
+            "reddit: the comparison files of openai/summarize_from_feedback anywhere below it, either the Hub's "
+            "parquet conversion (comparisons/train/*.parquet, comparisons/validation/*.parquet) or the original "
+            "JSON Lines files (comparisons/batch*.json); a path naming train or validation sets the split, "
+            "otherwise each row's split field does, and paths containing a folder named axis are skipped. "
+            "prism: survey.jsonl and conversations.jsonl of HannahRoseKirk/prism-alignment directly in it."
+        )},
     )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Hugging Face Hub cache folder for the model and dataset downloads."}
@@ -92,10 +111,22 @@ class EmbedConfig:
     )
     seed: int = field(
         default=DEFAULT_SPLIT_SEED,
-        metadata={"help": "Seed of the per-user 50/50 conversation split of PRISM (the published training seed is 42)."},
+        metadata={"help": (
+            "Seed of the per-user train/val splits: PRISM's 50/50 conversation split (the published training "
+            "seed is 42) and the pairs drawn by --val_fraction."
+        )},
     )
     pairs_split: str = field(
-        default="train", metadata={"help": "Split given to every pair of a pairs file: train or val."}
+        default="train",
+        metadata={"help": "Split given to the pairs of a pairs file that have no split column value: train or val."},
+    )
+    val_fraction: float = field(
+        default=0.0,
+        metadata={"help": (
+            "Fraction of each user's pairs without a split value to hold out as val (pairs file only; "
+            "0 holds out none). At least one pair is held out and one kept for train when a user has two or "
+            "more, drawn with --seed. Pairs are drawn one by one, so a prompt can have pairs in both splits."
+        )},
     )
     chunk_size: int = field(default=1024, metadata={"help": "Conversations per resumable shard chunk."})
     overwrite_shards: bool = field(
@@ -124,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif item.default is dataclasses.MISSING:
             parser.add_argument(f"--{item.name}", required=True, help=help_text)
         else:
-            kind = int if item.type in ("int", "int | None") else str
+            kind = {"int": int, "int | None": int, "float": float}.get(item.type, str)
             if item.default is not None and "default" not in help_text:
                 help_text = f"{help_text} Default: {item.default}."
             parser.add_argument(f"--{item.name}", type=kind, default=item.default, help=help_text)
@@ -148,6 +179,24 @@ def check_config(config: EmbedConfig) -> None:
         raise ValueError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {config.dtype!r}")
     if config.pairs_split not in ("train", "val"):
         raise ValueError(f"--pairs_split must be train or val, got {config.pairs_split!r}")
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise ValueError(f"--val_fraction must be at least 0 and below 1, got {config.val_fraction}")
+    if config.val_fraction > 0 and config.dataset != "pairs":
+        raise ValueError(f"--val_fraction is only used with the pairs dataset; {config.dataset} has its own splits")
+    if config.val_fraction > 0 and config.pairs_split != "train":
+        raise ValueError("--val_fraction holds pairs out of the train split, so it cannot be combined with --pairs_split val")
+    check_output_prefix(config.out)
+
+
+def check_output_prefix(out: str) -> None:
+    """Raise ValueError when a folder above the `--out` prefix is an existing file."""
+    for folder in Path(out).parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(
+                    f"--out {out}: {folder} is a file, not a folder; choose an output prefix inside a folder"
+                )
+            return
 
 
 def load_dataset(config: EmbedConfig) -> PreparedDataset:
@@ -156,7 +205,7 @@ def load_dataset(config: EmbedConfig) -> PreparedDataset:
         return load_reddit(config.data_dir, config.data_revision, config.cache_dir, config.max_users)
     if config.dataset == "prism":
         return load_prism(config.data_dir, config.data_revision, config.cache_dir, config.max_users, config.seed)
-    return load_pairs_file(config.input, config.max_users, config.pairs_split)
+    return load_pairs_file(config.input, config.max_users, config.pairs_split, config.val_fraction, config.seed)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -199,10 +248,20 @@ def make_manifest(encoder_id: str, encoder_revision: str | None, conversations: 
 def prepare_shard_dir(shard_dir: Path, manifest: dict, overwrite: bool = False) -> None:
     """Create `shard_dir` with `manifest`, or check that an existing one matches it.
 
-    A folder written for another encoder or other inputs raises `ShardError`
-    unless `overwrite` is set, in which case it is deleted and started afresh.
+    A folder that contains no chunk gets `manifest` in place of its own,
+    because nothing would be lost. A run that failed before its first chunk
+    (for example, the encoder did not load) leaves such a folder. A folder with chunks written
+    for another encoder or other inputs raises `ShardError` unless `overwrite`
+    is set, in which case it is deleted and started afresh.
     """
     manifest_file = shard_dir / MANIFEST_NAME
+    if shard_dir.exists() and not shard_dir.is_dir():
+        raise ShardError(f"{shard_dir} is a file, but the shard folder goes there; move that file or choose another --out")
+    if shard_dir.is_dir() and not any(shard_dir.glob("chunk_*.pt")):
+        if manifest_file.is_file():
+            logger.info("reusing %s: it contains no chunks, so its manifest is replaced", shard_dir)
+        write_json_atomic(manifest_file, manifest)
+        return
     if manifest_file.is_file():
         try:
             existing = json.loads(manifest_file.read_text(encoding="utf-8"))
@@ -352,6 +411,33 @@ def attach_model_scores(users: dict[str, list[dict]], scores: Tensor | None) -> 
     }
 
 
+def split_warnings(users: Mapping[str, list[dict]], json_path: Path) -> list[str]:
+    """Return what keeps `train` and `evaluate` from using all of a pairs file's users, with the fix.
+
+    Both commands split users into seen and unseen halves and skip a user who
+    lacks train or val pairs, so they need at least two users with both.
+    """
+    complete = [user_id for user_id, entries in users.items() if {e["split"] for e in entries} >= {"train", "val"}]
+    if len(complete) == len(users) and len(users) >= MIN_TRAINING_USERS:
+        return []
+    counts = Counter(entry["split"] for entries in users.values() for entry in entries)
+    if len(complete) >= MIN_TRAINING_USERS:
+        return [
+            f"{json_path}: {len(users) - len(complete)} of {len(users)} users have no train or no val pairs, "
+            "so train and evaluate skip them. Give each of them pairs of both splits to use them."
+        ]
+    fixes = []
+    if len(users) < MIN_TRAINING_USERS:
+        fixes.append(f"give the rows a user_id column with at least {MIN_TRAINING_USERS} different users")
+    if counts["val"] == 0 or counts["train"] == 0 or len(complete) < len(users):
+        fixes.append("give each user pairs of both splits with a split column (train or val) or with --val_fraction 0.3")
+    return [
+        f"{json_path} is not usable by train or evaluate yet. They need at least {MIN_TRAINING_USERS} users with "
+        f"both train and val pairs, and it has {len(users)} user(s), {len(complete)} of them with both splits "
+        f"({counts['train']} train and {counts['val']} val pairs). To fix it, " + ", and ".join(fixes) + "."
+    ]
+
+
 # ----------------------------------------------------------------------------- command
 
 
@@ -428,6 +514,9 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
     pt_path, json_path = write_embedding_files(config.out, embeddings, users)
     if not config.keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
+    if config.dataset == "pairs":
+        for message in split_warnings(users, json_path):
+            logger.warning("%s", message)
     return EmbedResult(
         pt_path=pt_path, json_path=json_path, num_users=len(users), num_pairs=dataset.num_pairs,
         num_conversations=len(conversations), num_truncated=num_truncated, stats=dataset.stats,

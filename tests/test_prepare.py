@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mrm.data import read_embedding_files, user_generator
+from mrm.data import build_user_splits, read_embedding_files, user_generator
 from mrm.datasets import (
     PRISM_REPO,
     REDDIT_PARQUET_REVISION,
     REDDIT_REPO,
     DatasetError,
+    held_out_positions,
     index_conversations,
     load_pairs_file,
     load_prism,
@@ -41,6 +42,7 @@ from mrm.prepare import (
     prompt_text,
     run_embed,
     shard_dir_for,
+    split_warnings,
 )
 from tests.tiny_models import build_tiny_reward_model
 
@@ -292,6 +294,61 @@ def test_pairs_file_without_user_id_uses_default_user(tmp_path):
                                           "chosen_idx": 0, "rejected_idx": 1}]}
 
 
+def test_pairs_file_split_column_overrides_pairs_split(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected,split\np,a,b,test\nq,a,b,\nr,a,b,train\n")
+    dataset = load_pairs_file(path, split="val")
+    assert [entry["split"] for entry in dataset.users["default"]] == ["val", "val", "train"]
+
+
+def test_pairs_file_invalid_split_is_skipped(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b", "split": "holdout"}\n'
+                    '{"prompt": "q", "chosen": "a", "rejected": "b", "split": "val"}\n')
+    dataset = load_pairs_file(path)
+    assert [entry["prompt"] for entry in dataset.users["default"]] == ["q"]
+    assert dataset.stats["invalid_records"] == 1
+
+
+def test_pairs_file_val_fraction_holds_out_per_user():
+    dataset = load_pairs_file(FIXTURES / "pairs_valid.csv", val_fraction=0.3)
+    splits = {user: sorted(entry["split"] for entry in entries) for user, entries in dataset.users.items()}
+    assert splits == {"ann": ["train", "val"], "bob": ["train", "val"]}
+
+
+def test_pairs_file_val_fraction_keeps_split_column(tmp_path):
+    path = tmp_path / "pairs.csv"
+    rows = [f"p{i},a,b,{'train' if i < 3 else ''}" for i in range(7)]
+    path.write_text("prompt,chosen,rejected,split\n" + "\n".join(rows) + "\n")
+    entries = load_pairs_file(path, val_fraction=0.5).users["default"]
+    assert [entry["split"] for entry in entries[:3]] == ["train"] * 3
+    assert sorted(entry["split"] for entry in entries[3:]) == ["train", "train", "val", "val"]
+
+
+def test_pairs_file_val_fraction_follows_seed(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected\n" + "".join(f"p{i},a,b\n" for i in range(20)))
+
+    def held_out(seed: int) -> list[str]:
+        entries = load_pairs_file(path, val_fraction=0.3, seed=seed).users["default"]
+        return [entry["prompt"] for entry in entries if entry["split"] == "val"]
+
+    assert held_out(1) == held_out(1)
+    assert held_out(1) != held_out(2)
+
+
+@pytest.mark.parametrize(
+    ("count", "fraction", "expected"), [(1, 0.5, 0), (2, 0.1, 1), (2, 0.9, 1), (10, 0.3, 3), (10, 0.99, 9)]
+)
+def test_held_out_positions_count(count, fraction, expected):
+    assert len(held_out_positions(list(range(count)), "u", fraction, seed=0)) == expected
+
+
+def test_pairs_file_val_fraction_needs_train_split():
+    with pytest.raises(ValueError, match="split must be 'train'"):
+        load_pairs_file(FIXTURES / "pairs_valid.csv", split="val", val_fraction=0.3)
+
+
 def test_pairs_file_all_invalid(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "p"}\n')
@@ -439,6 +496,112 @@ def test_main_embeds_pairs_with_demo_encoder(tmp_path):
     data = read_embedding_files(f"{out}.pt", f"{out}.json")
     assert data.embeddings.shape[0] == 7  # 8 responses, one shared (prompt, response)
     assert sorted(data.users) == ["ann", "bob"]
+
+
+def test_main_val_fraction_gives_trainable_file(tmp_path):
+    out = tmp_path / "held_out"
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo", "--out", str(out),
+                 "--val_fraction", "0.3"])
+    assert code == 0
+    splits = build_user_splits(read_embedding_files(f"{out}.pt", f"{out}.json"))
+    assert len(splits.seen) == 1
+    assert len(splits.unseen) == 1
+
+
+def test_main_warns_when_pairs_cannot_train(tmp_path, caplog):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected\np,a,b\nq,c,d\n")
+    caplog.set_level("WARNING", logger="mrm.prepare")
+    assert main(["pairs", "--input", str(path), "--encoder", "demo", "--out", str(tmp_path / "one")]) == 0
+    messages = [record.getMessage() for record in caplog.records if record.name == "mrm.prepare"]
+    assert len(messages) == 1
+    assert "is not usable by train or evaluate yet" in messages[0]
+    assert "--val_fraction" in messages[0]
+
+
+def test_split_warnings_name_users_without_val():
+    users = {
+        "a": [{"split": "train"}, {"split": "val"}],
+        "b": [{"split": "train"}, {"split": "val"}],
+        "c": [{"split": "train"}],
+    }
+    messages = split_warnings(users, Path("x.json"))
+    assert messages == [
+        "x.json: 1 of 3 users have no train or no val pairs, so train and evaluate skip them. "
+        "Give each of them pairs of both splits to use them."
+    ]
+
+
+def test_split_warnings_single_user():
+    messages = split_warnings({"default": [{"split": "train"}, {"split": "val"}]}, Path("x.json"))
+    assert "give the rows a user_id column" in messages[0]
+
+
+def test_split_warnings_none_for_usable_file():
+    users = {user: [{"split": "train"}, {"split": "val"}] for user in ("a", "b")}
+    assert split_warnings(users, Path("x.json")) == []
+
+
+def test_main_reuses_shards_after_failed_load(tmp_path, capsys):
+    arguments = ["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--out", str(tmp_path / "mine")]
+    empty_model = tmp_path / "empty_model"
+    empty_model.mkdir()
+    assert main([*arguments, "--encoder", str(empty_model)]) == 2
+    assert sorted(path.name for path in shard_dir_for(tmp_path / "mine").iterdir()) == ["manifest.json"]
+    capsys.readouterr()
+
+    assert main([*arguments, "--encoder", "demo"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_prepare_shard_dir_replaces_manifest_without_chunks(tmp_path):
+    shard_dir = tmp_path / "x.shards"
+    prepare_shard_dir(shard_dir, make_manifest("first", None, [("p", "r")], 4))
+    manifest = make_manifest("second", None, [("p", "r")], 4)
+    prepare_shard_dir(shard_dir, manifest)
+    assert json.loads((shard_dir / "manifest.json").read_text()) == manifest
+
+
+def test_main_out_below_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo",
+                 "--out", str(tmp_path / "file" / "x")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {tmp_path / 'file' / 'x'}: {tmp_path / 'file'} is a file, not a folder; "
+        "choose an output prefix inside a folder"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--val_fraction", "1"], "--val_fraction must be at least 0 and below 1"),
+        (["--val_fraction", "0.3", "--pairs_split", "val"], "cannot be combined with --pairs_split val"),
+    ],
+)
+def test_main_invalid_val_fraction(tmp_path, capsys, arguments, message):
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo",
+                 "--out", str(tmp_path / "x"), *arguments])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_parser_reads_val_fraction_as_float():
+    args = build_parser().parse_args(["pairs", "--out", "x", "--val_fraction", "0.25"])
+    assert args.val_fraction == 0.25
+
+
+def test_parser_help_lists_pairs_columns():
+    actions = {action.dest: action.help for action in build_parser()._actions}
+    for column in ("prompt", "chosen", "rejected", "user_id", "split"):
+        assert column in actions["input"]
+
+
+def test_parser_help_describes_data_dir_layout():
+    help_text = {action.dest: action.help for action in build_parser()._actions}["data_dir"]
+    assert "comparisons/train/" in help_text
+    assert "survey.jsonl" in help_text
 
 
 @pytest.fixture(scope="module")

@@ -165,6 +165,22 @@ def holdout_accuracy(model: MRM, embeddings: Tensor, users: list[UserPairs], inn
     return float(scores.after.mean()) if scores.after.numel() else float("nan")
 
 
+def nonfinite_to_none(value):
+    """Return `value` with every NaN or infinite float, at any depth of dicts and lists, replaced by None.
+
+    `json.dumps` writes such floats as the bare tokens NaN and Infinity, which
+    strict JSON readers reject; None is written as null. Summary figures are
+    NaN when a group is empty (for example no unseen users).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: nonfinite_to_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nonfinite_to_none(item) for item in value]
+    return value
+
+
 def write_per_user_csv(rows: list[dict], path: str | Path) -> None:
     """Write per-user rows to CSV atomically."""
     fields = ["user_id", "split", "train_pairs", "test_pairs", "acc_init", "acc_adapted"]

@@ -15,10 +15,10 @@ import json
 import logging
 import math
 import random
-import shutil
+import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,21 +27,25 @@ from torch import Tensor
 from mrm.adapt import inner_loop, margins_from_logits, pad_margin_bases
 from mrm.data import (
     DataError,
+    EmbeddingData,
     UserPairs,
+    UserSplits,
     build_user_splits,
     num_groups,
     pairs_in_groups,
     read_embedding_files,
     support_query_split,
 )
-from mrm.evaluate import evaluate, holdout_accuracy, write_per_user_csv
+from mrm.evaluate import evaluate, holdout_accuracy, nonfinite_to_none, write_per_user_csv
 from mrm.fileio import write_json_atomic, write_text_atomic
-from mrm.model import MRM, save_mrm
+from mrm.model import CONFIG_NAME, MRM, WEIGHTS_NAME, save_mrm
 from mrm.objectives import bradley_terry_loss, rpo_objective
 
 logger = logging.getLogger(__name__)
 
 SELECT_ON = ("val", "test", "last")
+DATASETS = ("REDDIT", "PRISM")
+DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
 
 
 @dataclass
@@ -50,10 +54,10 @@ class TrainConfig:
 
     embed_pt: str = field(default="", metadata={"help": "embedding tensor file [rows, hidden] (.pt)"})
     meta_json: str = field(default="", metadata={"help": "metadata JSON {user_id: [entry, ...]} for embed_pt"})
-    ckpt: str | None = field(default=None, metadata={"help": "start from this checkpoint (file, folder or Hub repo id)"})
-    dataset: str = field(default="REDDIT", metadata={"help": "REDDIT (pairs split per pair) or PRISM (per conversation)"})
+    ckpt: str | None = field(default=None, metadata={"help": "start from this checkpoint (file, folder or Hub repo id) instead of a fresh head"})
+    dataset: str = field(default="REDDIT", metadata={"help": "REDDIT (pairs split per pair) or PRISM (per conversation)", "choices": DATASETS})
     seen_train_limit: int = field(default=-1, metadata={"help": "training pairs kept per seen user; -1 keeps all"})
-    unseen_train_limit: int = field(default=-1, metadata={"help": "training pairs kept per unseen user; -1 keeps all"})
+    unseen_train_limit: int = field(default=-1, metadata={"help": "training pairs kept per unseen user; -1 keeps all, 0 leaves unseen users out"})
     hidden_layers: list[int] = field(default_factory=lambda: [2], metadata={"help": "output size of each linear layer; the last is K"})
     use_bias: bool = field(default=False, metadata={"help": "give the linear layers a bias"})
     inner_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the per-user adaptation"})
@@ -68,36 +72,80 @@ class TrainConfig:
     rpo_ratio: float = field(default=0.5, metadata={"help": "RPO: threshold is the (1 - rpo_ratio) quantile of the group's task losses"})
     rpo_gamma: float = field(default=0.5, metadata={"help": "RPO temperature; <= 0 sums only losses above the threshold"})
     seed: int = field(default=42, metadata={"help": "seed of user splits, pair caps, support/query splits and initialisation"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto"})
-    output_path: str | None = field(default=None, metadata={"help": "run folder for logs, metrics, checkpoints and results"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
+    output_path: str | None = field(default=None, metadata={"help": "run folder for logs, metrics, checkpoints and results; without it nothing is saved"})
     log_freq: int = field(default=10, metadata={"help": "evaluate every N epochs (and after the last)"})
     save_freq: int = field(default=50, metadata={"help": "keep a checkpoint every N epochs; 0 disables"})
-    select_on: str = field(default="val", metadata={"help": "epoch selection: val (held-out training pairs of unseen users), test (published, optimistic), last"})
-    grad_clip: float = field(default=1.0, metadata={"help": "maximum gradient norm of the outer update"})
-    overwrite: bool = field(default=False, metadata={"help": "replace the run files of an earlier run in output_path"})
+    select_on: str = field(default="val", metadata={"help": "epoch selection: val (held-out training pairs of unseen users), test (published, optimistic), last", "choices": SELECT_ON})
+    grad_clip: float = field(default=1.0, metadata={"help": "maximum gradient norm of the outer update; 0 turns clipping off"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the files and checkpoints an earlier run wrote in output_path; other files stay"})
+
+    def validate_evaluation(self) -> None:
+        """Raise ValueError naming each invalid setting that evaluation uses."""
+        problems = self._evaluation_problems()
+        if problems:
+            raise ValueError("invalid evaluation settings: " + "; ".join(problems))
 
     def validate(self) -> None:
+        """Raise ValueError naming each invalid setting of a training run."""
+        problems = self._evaluation_problems() + self._training_problems()
+        if problems:
+            raise ValueError("invalid training settings: " + "; ".join(problems))
+
+    def _evaluation_problems(self) -> list[str]:
         problems = []
-        if not self.embed_pt or not self.meta_json:
+        if not self.embed_pt and not self.meta_json:
             problems.append("--embed_pt and --meta_json are required")
+        elif not self.embed_pt or not self.meta_json:
+            problems.append(f"--{'embed_pt' if not self.embed_pt else 'meta_json'} is required")
+        if str(self.dataset).upper() not in DATASETS:
+            problems.append(f"--dataset {self.dataset!r} must be REDDIT or PRISM")
+        if not (self.seen_train_limit == -1 or self.seen_train_limit >= 1):
+            problems.append(f"--seen_train_limit {self.seen_train_limit} must be -1 (keep all pairs) or at least 1")
+        if not (self.unseen_train_limit == -1 or self.unseen_train_limit >= 0):
+            problems.append(f"--unseen_train_limit {self.unseen_train_limit} must be -1 (keep all pairs) or at least 0")
+        problems += _positive_rate_problems("inner_lr", self.inner_lr)
+        if self.eval_inner_epochs < 0:
+            problems.append(f"--eval_inner_epochs {self.eval_inner_epochs} must be zero or positive")
+        if self.score_threshold is not None and not math.isfinite(self.score_threshold):
+            problems.append(f"--score_threshold {self.score_threshold} must be a finite number")
+        return problems
+
+    def _training_problems(self) -> list[str]:
+        problems = []
+        if not self.hidden_layers or min(self.hidden_layers) < 1:
+            sizes = " ".join(str(size) for size in self.hidden_layers) or "(none)"
+            problems.append(f"--hidden_layers {sizes} must list at least one layer size, each at least 1")
+        problems += _positive_rate_problems("meta_lr", self.meta_lr)
+        if self.train_inner_epochs < 0:
+            problems.append(f"--train_inner_epochs {self.train_inner_epochs} must be zero or positive")
+        if self.tasks_per_batch < 1:
+            problems.append(f"--tasks_per_batch {self.tasks_per_batch} must be at least 1")
+        if self.epochs < 1:
+            problems.append(f"--epochs {self.epochs} must be at least 1")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"--warmup_ratio {self.warmup_ratio} must lie in [0, 1)")
         if not 0 < self.val_ratio < 1:
             problems.append(f"--val_ratio {self.val_ratio} must lie strictly between 0 and 1")
         if not 0 <= self.rpo_ratio <= 1:
             problems.append(f"--rpo_ratio {self.rpo_ratio} must lie in [0, 1]")
-        if self.tasks_per_batch < 1 or self.epochs < 1:
-            problems.append(f"--tasks_per_batch {self.tasks_per_batch} and --epochs {self.epochs} must be at least 1")
-        if self.train_inner_epochs < 0 or self.eval_inner_epochs < 0:
-            problems.append("inner epochs must be zero or positive")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"--warmup_ratio {self.warmup_ratio} must lie in [0, 1)")
-        if self.log_freq < 1 or self.save_freq < 0:
-            problems.append(f"--log_freq {self.log_freq} must be >= 1 and --save_freq {self.save_freq} >= 0")
+        if not math.isfinite(self.rpo_gamma):
+            problems.append(f"--rpo_gamma {self.rpo_gamma} must be a finite number")
+        if self.log_freq < 1:
+            problems.append(f"--log_freq {self.log_freq} must be at least 1")
+        if self.save_freq < 0:
+            problems.append(f"--save_freq {self.save_freq} must be zero (no periodic checkpoints) or positive")
         if self.select_on not in SELECT_ON:
             problems.append(f"--select_on {self.select_on!r} must be one of {', '.join(SELECT_ON)}")
-        if self.dataset.upper() not in ("REDDIT", "PRISM"):
-            problems.append(f"--dataset {self.dataset!r} must be REDDIT or PRISM")
-        if problems:
-            raise ValueError("invalid training settings: " + "; ".join(problems))
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            problems.append(f"--grad_clip {self.grad_clip} must be a finite number >= 0 (0 turns clipping off)")
+        return problems
+
+
+def _positive_rate_problems(name: str, value: float) -> list[str]:
+    if math.isfinite(value) and value > 0:
+        return []
+    return [f"--{name} {value} must be a finite number above 0 (the published runs use 5e-3 or 1e-3)"]
 
 
 # Published settings. NOTE: the published seed is not documented here; 42 is this project's default.
@@ -114,41 +162,228 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# Files a training run writes into its folder; another run's copies would be mixed with this run's.
-RUN_FILES = ("progress.json", "metrics.jsonl", "results.json", "per_user.csv", "config.json", "train.log")
-RUN_FOLDERS = ("best", "checkpoints")
-
-
-def prepare_output_path(config: TrainConfig) -> None:
-    """Reject an output folder that contains an earlier run, or clear that run's files with `overwrite`.
-
-    Only the files and folders training writes are removed; anything else in the folder stays.
-    """
-    if not config.output_path:
-        return
-    folder = Path(config.output_path)
-    earlier = [name for name in ("progress.json", "metrics.jsonl", "results.json") if (folder / name).exists()]
-    if not earlier:
-        return
-    if not config.overwrite:
-        raise ValueError(
-            f"--output_path {folder} already contains a training run ({', '.join(earlier)}); "
-            "choose a new folder, or pass --overwrite to replace that run's files"
-        )
-    for name in RUN_FILES:
-        (folder / name).unlink(missing_ok=True)
-    for name in RUN_FOLDERS:
-        if (folder / name).is_dir():
-            shutil.rmtree(folder / name)
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite, so the run stopped."""
 
 
 def resolve_device(name: str) -> torch.device:
+    """Return the torch device for a `--device` value, or raise ValueError naming the value and the choices."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device name; use {DEVICE_CHOICES}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r} is not supported; use {DEVICE_CHOICES}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"--device {name} names GPU {device.index}, but this machine has {count}; use cuda:0 to cuda:{count - 1}")
     return device
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+# Files and checkpoint folders a training run writes; `--overwrite` removes only these.
+RUN_FILES = ("progress.json", "metrics.jsonl", "results.json", "per_user.csv", "config.json", "train.log")
+CHECKPOINT_FILES = (WEIGHTS_NAME, CONFIG_NAME)
+EPOCH_FOLDER = re.compile(r"epoch_\d{4,}")
+# A run that ended with one of these statuses before it wrote any result left only config.json,
+# progress.json and train.log behind. Its folder can take a new run without --overwrite.
+FAILED_STATUSES = ("failed", "cancelled")
+
+
+def check_folder_path(path: str | Path, flag: str = "--output_path") -> Path:
+    """Return `path` as a Path, or raise ValueError when it or a parent folder is an existing file."""
+    folder = Path(path)
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ValueError(f"{flag} {folder}: {candidate} is a file; give the path of a folder (it is created if missing)")
+            break
+    return folder
+
+
+def _checkpoint_folders(folder: Path) -> list[Path]:
+    """Return the checkpoint folders a run writes that exist: best/ and checkpoints/epoch_NNNN/."""
+    found = [folder / "best"] if (folder / "best").is_dir() else []
+    if (folder / "checkpoints").is_dir():
+        found += sorted(p for p in (folder / "checkpoints").iterdir() if p.is_dir() and EPOCH_FOLDER.fullmatch(p.name))
+    return found
+
+
+def _run_outputs(folder: Path) -> list[str]:
+    """Return the names of the results and checkpoints of an earlier run in `folder`."""
+    found = [name for name in ("metrics.jsonl", "results.json", "per_user.csv") if (folder / name).exists()]
+    for checkpoint in _checkpoint_folders(folder):
+        if any((checkpoint / name).exists() for name in CHECKPOINT_FILES):
+            found.append(f"{checkpoint.relative_to(folder)}/")
+    return found
+
+
+def _progress_status(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "progress.json").read_text(encoding="utf-8")).get("status"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output_path(config: TrainConfig) -> None:
+    """Raise ValueError when `config.output_path` cannot take a new run; write nothing.
+
+    The folder is rejected when it is a file, or when it contains the files of
+    an earlier run and `overwrite` is off. The leftovers of a run that failed or
+    was cancelled before it wrote any result do not count as an earlier run.
+    """
+    if not config.output_path:
+        return
+    folder = check_folder_path(config.output_path)
+    if config.overwrite or not folder.is_dir():
+        return
+    found = _run_outputs(folder)
+    status = _progress_status(folder)
+    if (folder / "progress.json").exists() and status not in FAILED_STATUSES:
+        found.insert(0, f"progress.json with status {status}")
+    elif not (folder / "progress.json").exists() and (folder / "config.json").exists():
+        found.append("config.json")
+    if found:
+        raise ValueError(
+            f"--output_path {folder} already contains a training run ({', '.join(found)}); "
+            "choose a new folder, or pass --overwrite to replace that run's files"
+        )
+
+
+def clear_run_files(folder: str | Path) -> None:
+    """Remove the files and checkpoints a training run writes from `folder`; every other file stays.
+
+    Only `model.safetensors` and `config.json` are removed from `best/` and
+    `checkpoints/epoch_NNNN/`, and those folders only when nothing else is left in them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    removed = [name for name in RUN_FILES if (folder / name).exists()]
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for checkpoint in _checkpoint_folders(folder):
+        for name in CHECKPOINT_FILES:
+            if (checkpoint / name).exists():
+                removed.append(f"{checkpoint.relative_to(folder)}/{name}")
+            (checkpoint / name).unlink(missing_ok=True)
+        _remove_if_empty(checkpoint)
+    _remove_if_empty(folder / "checkpoints")
+    if removed:
+        logger.info("removed the files of an earlier run from %s: %s", folder, ", ".join(removed))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+# ----------------------------------------------------------------------------- checks before the first write
+
+
+@dataclass
+class TrainingInputs:
+    """Settings, device, data and starting model of a run, read and checked before the run writes anything."""
+
+    config: TrainConfig  # with the architecture of the `--ckpt` checkpoint, when one is given
+    device: torch.device
+    data: EmbeddingData
+    splits: UserSplits
+    model: MRM
+
+
+def prepare_training(config: TrainConfig, explicit: Collection[str] = ()) -> TrainingInputs:
+    """Validate the settings, read the data and load the starting model; write no file.
+
+    `explicit` names the settings the user gave on purpose. When `hidden_layers`
+    or `use_bias` is among them and differs from the `--ckpt` checkpoint, that
+    is an error. Otherwise the returned config takes the checkpoint's architecture.
+
+    Raises:
+        ValueError: invalid settings, data or checkpoint (DataError and CheckpointError are ValueErrors).
+        mrm.hub.HubError: the checkpoint could not be found or downloaded.
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    check_output_path(config)
+    torch.manual_seed(config.seed)
+
+    # Data: the embedding tensor stays in its stored dtype; rows are cast to fp32 when used.
+    data = read_embedding_files(config.embed_pt, config.meta_json)
+    splits = build_user_splits(data, config.seed, config.dataset, config.seen_train_limit, config.unseen_train_limit, config.score_threshold)
+    logger.info("%d seen and %d unseen users; %d skipped", len(splits.seen), len(splits.unseen), len(splits.skipped))
+    warn_if_no_unseen_users(splits, config.unseen_train_limit)
+
+    # Model: a fresh head seeded as published, or the given checkpoint.
+    if config.ckpt:
+        from mrm.hub import load_checkpoint
+
+        check_not_run_folder(config.ckpt)
+        model = load_checkpoint(config.ckpt)
+        config = _with_checkpoint_architecture(config, model, explicit)
+    else:
+        model = MRM(in_dim=data.hidden_size, hidden_layers=config.hidden_layers, use_bias=config.use_bias)
+    if model.in_dim != data.hidden_size:
+        raise DataError(
+            f"embedding width {data.hidden_size} in {config.embed_pt} does not match the checkpoint's in_dim {model.in_dim}; "
+            "embed the data with the reward model the checkpoint was trained on, or train a new head without --ckpt"
+        )
+    return TrainingInputs(config=config, device=device, data=data, splits=splits, model=model)
+
+
+def prepare_run(config: TrainConfig, explicit: Collection[str] = ()) -> TrainingInputs:
+    """Run every check of `prepare_training`, then clear an earlier run's files from the output folder.
+
+    Nothing is removed unless all checks pass.
+    """
+    inputs = prepare_training(config, explicit)
+    if config.output_path:
+        clear_run_files(config.output_path)
+    return inputs
+
+
+def warn_if_no_unseen_users(splits: UserSplits, unseen_train_limit: int) -> None:
+    """Log a warning when no unseen user is left to evaluate, so the unseen figures are n/a."""
+    if splits.unseen:
+        return
+    reason = " because --unseen_train_limit 0 leaves them no training pairs" if unseen_train_limit == 0 else ""
+    logger.warning("no unseen users are evaluated%s; the unseen accuracy is n/a", reason)
+
+
+def check_not_run_folder(ckpt: str) -> None:
+    """Raise ValueError when `ckpt` is a training run folder, naming the checkpoint folder inside it."""
+    folder = Path(ckpt)
+    if not folder.is_dir():
+        return
+    if any(p.is_file() and p.suffix in (".safetensors", ".pt", ".pth", ".bin") for p in folder.iterdir()):
+        return
+    if (folder / "best" / WEIGHTS_NAME).is_file():
+        raise ValueError(
+            f"--ckpt {ckpt} is a training run folder, not a checkpoint; "
+            f"pass the checkpoint it selected: --ckpt {folder / 'best'}"
+        )
+
+
+def _with_checkpoint_architecture(config: TrainConfig, model: MRM, explicit: Collection[str]) -> TrainConfig:
+    """Return `config` with the checkpoint's hidden_layers and use_bias; reject conflicting explicit values."""
+    architecture = {"hidden_layers": model.hidden_layers, "use_bias": model.use_bias}
+    for name, actual in architecture.items():
+        configured = getattr(config, name)
+        if name in explicit and configured != actual:
+            flag_value = " ".join(str(size) for size in configured) if name == "hidden_layers" else configured
+            raise ValueError(
+                f"--{name} {flag_value} conflicts with the checkpoint {config.ckpt}, which has {name}={actual}; "
+                f"drop --{name} to continue training the checkpoint, or drop --ckpt to train a new head"
+            )
+        if configured != actual:
+            logger.info("training the checkpoint's %s=%s (the settings gave %s)", name, actual, configured)
+    return replace(config, **architecture)
 
 
 @contextlib.contextmanager
@@ -278,13 +513,14 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
 
     def write_json(self, name: str, obj) -> None:
+        # NaN and infinity become null: strict JSON readers reject the bare tokens json.dumps writes.
         if self.path:
-            write_json_atomic(self.path / name, obj)
+            write_json_atomic(self.path / name, nonfinite_to_none(obj))
 
     def write_metrics(self, history: list[dict]) -> None:
         # Rewritten whole (a few rows) so a reader never sees a half-written line.
         if self.path:
-            write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+            write_text_atomic(self.path / "metrics.jsonl", "".join(json.dumps(nonfinite_to_none(row)) + "\n" for row in history))
 
     def progress(self, status: str, epoch: int | None, epochs: int, message: str = "") -> None:
         """Record the run state; `epoch=None` keeps the last finished epoch (for cancelled or failed runs)."""
@@ -298,20 +534,31 @@ class RunFolder:
             save_mrm(model, self.path / name, extra_config=extra)
 
 
-def meta_train(config: TrainConfig, callback: Callable[[dict], None] | None = None) -> TrainResult:
+def meta_train(
+    config: TrainConfig, callback: Callable[[dict], None] | None = None, inputs: TrainingInputs | None = None
+) -> TrainResult:
     """Meta-train MRM as configured, evaluating every `log_freq` epochs, and return the selected model.
+
+    Settings, data and the `--ckpt` checkpoint are checked before the run
+    folder is touched (`prepare_run`). A caller that acts between those checks
+    and the first write (the command line opens train.log there) calls
+    `prepare_run` itself and passes its result as `inputs`.
 
     `callback` receives a dict per event: `{"event": "epoch", ...}` after each
     epoch and `{"event": "eval", ...}` with the metrics row after each evaluation.
+
+    Raises:
+        TrainingDivergedError: the training loss became NaN or infinite.
     """
-    config.validate()
-    prepare_output_path(config)
+    if inputs is None:
+        inputs = prepare_run(config)
+    config = inputs.config
     run = RunFolder(config.output_path)
     run.write_json("config.json", asdict(config))
-    run.progress("running", 0, config.epochs, "loading data")
+    run.progress("running", 0, config.epochs, "starting")
     try:
-        with single_cpu_thread(resolve_device(config.device)):
-            return _meta_train(config, run, callback or (lambda event: None))
+        with single_cpu_thread(inputs.device):
+            return _meta_train(config, inputs, run, callback or (lambda event: None))
     except KeyboardInterrupt:
         run.progress("cancelled", None, config.epochs, "cancelled by the user")
         raise
@@ -320,25 +567,9 @@ def meta_train(config: TrainConfig, callback: Callable[[dict], None] | None = No
         raise
 
 
-def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], None]) -> TrainResult:
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-
-    # Data: the embedding tensor stays in its stored dtype; rows are cast to fp32 when used.
-    data = read_embedding_files(config.embed_pt, config.meta_json)
-    splits = build_user_splits(data, config.seed, config.dataset, config.seen_train_limit, config.unseen_train_limit, config.score_threshold)
-    embeddings = data.embeddings if device.type == "cpu" else data.embeddings.to(device)
-    logger.info("%d seen and %d unseen users; %d skipped", len(splits.seen), len(splits.unseen), len(splits.skipped))
-
-    # Model: a fresh head seeded as published, or the given checkpoint.
-    if config.ckpt:
-        from mrm.hub import load_checkpoint
-
-        model = load_checkpoint(config.ckpt)
-    else:
-        model = MRM(in_dim=data.hidden_size, hidden_layers=config.hidden_layers, use_bias=config.use_bias)
-    if model.in_dim != data.hidden_size:
-        raise DataError(f"embedding width {data.hidden_size} in {config.embed_pt} does not match the checkpoint's in_dim {model.in_dim}")
+def _meta_train(config: TrainConfig, inputs: TrainingInputs, run: RunFolder, callback: Callable[[dict], None]) -> TrainResult:
+    device, splits, model = inputs.device, inputs.splits, inputs.model
+    embeddings = inputs.data.embeddings if device.type == "cpu" else inputs.data.embeddings.to(device)
     model.to(device).train()
 
     steps_per_epoch = math.ceil(len(splits.seen) / config.tasks_per_batch)
@@ -353,6 +584,11 @@ def _meta_train(config: TrainConfig, run: RunFolder, callback: Callable[[dict], 
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_loss = _train_one_epoch(model, differences, splits.seen, epoch, config, optimizer, schedule)
+        if not math.isfinite(epoch_loss):
+            raise TrainingDivergedError(
+                f"the training loss became {epoch_loss} at epoch {epoch}, so training stopped; "
+                f"lower --inner_lr ({config.inner_lr}) or --meta_lr ({config.meta_lr}) and start again"
+            )
         callback({"event": "epoch", "epoch": epoch, "epochs": config.epochs, "train_loss": epoch_loss})
         run.progress("running", epoch, config.epochs, f"epoch {epoch}: train loss {epoch_loss:.4f}")
 
@@ -401,7 +637,8 @@ def _train_one_epoch(model, differences, seen, epoch, config, optimizer, schedul
         )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         schedule.step()
         losses.append(task_losses.detach())

@@ -10,6 +10,7 @@ from mrm.data import build_user_splits, read_embedding_files
 from mrm.evaluate import evaluate
 from mrm.meta_train import (
     TrainConfig,
+    TrainingDivergedError,
     _train_one_epoch,
     cosine_with_warmup,
     group_meta_objective,
@@ -156,12 +157,22 @@ def test_width_mismatch_with_checkpoint_fails_before_training(population, tmp_pa
         meta_train(TrainConfig(embed_pt=str(pt), meta_json=str(js), ckpt=str(tmp_path / "wide"), epochs=1))
 
 
-def test_failed_run_is_marked_in_progress_file(tmp_path):
+def test_data_error_leaves_no_run_folder(tmp_path):
     (tmp_path / "d.pt").write_bytes(b"")
     (tmp_path / "d.json").write_text("{}")
     with pytest.raises(ValueError):
         meta_train(TrainConfig(embed_pt=str(tmp_path / "d.pt"), meta_json=str(tmp_path / "d.json"), output_path=str(tmp_path / "run")))
-    assert json.loads((tmp_path / "run" / "progress.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "run").exists()
+
+
+def test_diverged_run_is_marked_failed(population, tmp_path):
+    pt, js, _, _ = population
+    config = TrainConfig(embed_pt=str(pt), meta_json=str(js), epochs=3, inner_lr=1e300, output_path=str(tmp_path / "run"))
+    with pytest.raises(TrainingDivergedError, match="at epoch 1"):
+        meta_train(config)
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert progress["status"] == "failed"
+    assert "lower --inner_lr" in progress["message"]
 
 
 def test_meta_training_beats_baselines_unseen(tmp_path):

@@ -143,6 +143,12 @@ def test_read_csv_crlf_quoting_still_reads():
     assert result.errors == ["line 4: missing 'chosen'"]
 
 
+def test_read_csv_quotes_inside_unquoted_field():
+    result = read_pairs(b'prompt,chosen,rejected\nHe said "hi" to me,a "b" c,d\n', "pairs.csv")
+    assert result.errors == []
+    assert result.pairs == [{"prompt": 'He said "hi" to me', "chosen": 'a "b" c', "rejected": "d"}]
+
+
 def test_read_split_column_values():
     text = "prompt,chosen,rejected,split\np,a,b,train\np,a,c,test\np,a,d, Validation \np,a,e,val\np,a,f,\n"
     result = read_pairs(text.encode(), "pairs.csv")

@@ -44,6 +44,7 @@ from mrm.evaluate import summarize
 from mrm.fileio import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
+    from mrm.meta_train import TrainConfig
     from mrm.model import MRM
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class BuildConfig:
     log_freq: int = field(default=20, metadata={"help": "evaluate every N epochs"})
     global_head_steps: int = field(
         default=300, metadata={"help": "full-batch Adam steps of the global Bradley-Terry baseline; 0 skips it"}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "write into --out even when it contains a training run (a progress.json file)"}
     )
     population: PopulationConfig = field(default_factory=PopulationConfig, metadata={"help": "simulated annotators"})
 
@@ -104,6 +108,7 @@ def build_bundle(config: BuildConfig, encoder=None) -> BuildResult:
     """
     from mrm.encoders import DEMO_ENCODER, load_encoder
 
+    check_build_config(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     with deterministic_torch():
@@ -119,15 +124,13 @@ def build_bundle(config: BuildConfig, encoder=None) -> BuildResult:
         return _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
 
 
-def _train_and_write(config, out, posts, annotators, users, embeddings, encoder) -> BuildResult:
-    from mrm.data import build_user_splits, read_embedding_files, write_embedding_files
-    from mrm.meta_train import TrainConfig, meta_train
-    from mrm.model import save_mrm
+def training_config(config: BuildConfig, embed_pt: str | Path, meta_json: str | Path) -> TrainConfig:
+    """Return the meta-training settings of a build on the given embedding files."""
+    from mrm.meta_train import TrainConfig
 
-    pt_path, json_path = write_embedding_files(out / PREFS_NAME, embeddings, users)
-    train_config = TrainConfig(
-        embed_pt=str(pt_path),
-        meta_json=str(json_path),
+    return TrainConfig(
+        embed_pt=str(embed_pt),
+        meta_json=str(meta_json),
         dataset="REDDIT",
         seen_train_limit=-1,
         unseen_train_limit=-1,
@@ -146,6 +149,32 @@ def _train_and_write(config, out, posts, annotators, users, embeddings, encoder)
         save_freq=0,
         select_on="val",
     )
+
+
+def check_build_config(config: BuildConfig) -> None:
+    """Raise ValueError naming the first invalid setting or output folder, before any work is done."""
+    from mrm.meta_train import check_folder_path
+
+    out = check_folder_path(config.out, flag="--out")
+    if (out / "progress.json").exists() and not config.overwrite:
+        raise ValueError(
+            f"--out {out} contains a training run (progress.json), whose results.json and config.json the "
+            "bundle would replace; choose another folder, or pass --overwrite"
+        )
+    if config.num_bases < 1:
+        raise ValueError(f"--num_bases {config.num_bases} must be at least 1")
+    if config.global_head_steps < 0:
+        raise ValueError(f"--global_head_steps {config.global_head_steps} must be zero (no baseline) or positive")
+    training_config(config, "-", "-").validate()
+
+
+def _train_and_write(config, out, posts, annotators, users, embeddings, encoder) -> BuildResult:
+    from mrm.data import build_user_splits, read_embedding_files, write_embedding_files
+    from mrm.meta_train import meta_train
+    from mrm.model import save_mrm
+
+    pt_path, json_path = write_embedding_files(out / PREFS_NAME, embeddings, users)
+    train_config = training_config(config, pt_path, json_path)
 
     # Meta-train in a scratch run folder; only its small result files are kept.
     with tempfile.TemporaryDirectory(prefix="mrm-demo-run-") as run_dir:
@@ -322,6 +351,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type) ->
         if item.name == "population":
             continue
         default = None if item.default is dataclasses.MISSING else item.default
+        if isinstance(default, bool):
+            parser.add_argument(f"--{item.name}", action="store_true", help=item.metadata.get("help", ""))
+            continue
         parser.add_argument(
             f"--{item.name}",
             type=type(default),

@@ -61,6 +61,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_hint(name_or_path: str) -> str:
     """Return what a user can do when a reward model cannot be loaded."""
+    from mrm.hub import is_offline
+
+    demo = "Or run with `--encoder demo` to use the offline demo encoder."
+    if name_or_path.startswith(("/", ".", "~")) or Path(name_or_path).expanduser().exists():
+        return f"'{name_or_path}' is read as a local folder: check that it contains config.json and the model weights. {demo}"
+    if is_offline():
+        return (
+            f"Offline mode is on (HF_HUB_OFFLINE=1) and '{name_or_path}' is not in the local Hub cache. Download it "
+            f"on a machine with network (`hf download {name_or_path}`) and copy the Hub cache here (HF_HOME), "
+            f"or pass a local folder. {demo}"
+        )
     return (
         f"If '{name_or_path}' is a gated or private Hub repo, set HF_TOKEN to a token with access. "
         f"On a machine without network, download it first (`hf download {name_or_path}`) and set "

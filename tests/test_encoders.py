@@ -17,6 +17,7 @@ from mrm.encoders import (
     RewardModelEncoder,
     last_token_positions,
     load_encoder,
+    load_hint,
 )
 from tests.tiny_models import build_tiny_reward_model, make_pairs
 
@@ -359,13 +360,32 @@ def test_cache_round_trip_values(tmp_path):
 # Loading.
 
 
-def test_load_missing_model_names_fixes():
+def test_load_missing_model_names_fixes(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(EncoderLoadError) as error:
         load_encoder("no-such-org/no-such-reward-model", device="cpu", local_files_only=True)
     message = str(error.value)
     assert "HF_TOKEN" in message
     assert "--encoder demo" in message
     assert "no-such-org/no-such-reward-model" in message
+
+
+def test_load_hint_when_already_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = load_hint("no-such-org/no-such-reward-model")
+    assert "Offline mode is on" in message
+    assert "set HF_HUB_OFFLINE=1" not in message
+    assert "hf download no-such-org/no-such-reward-model" in message
+
+
+def test_load_hint_for_local_folder(tmp_path):
+    message = load_hint(str(tmp_path / "missing-model"))
+    assert "is read as a local folder" in message
+    assert "hf download" not in message
 
 
 def test_load_folder_without_model_names_fixes(tmp_path):

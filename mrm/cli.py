@@ -259,7 +259,7 @@ RESULT_FILES = ("results.json", "per_user.csv")
 
 def check_results_folder(config: TrainConfig) -> None:
     """Raise ValueError when `evaluate` could not write its results into `--output_path` or would replace some."""
-    from mrm.meta_train import check_folder_path
+    from mrm.run_folder import check_folder_path
 
     if not config.output_path:
         return

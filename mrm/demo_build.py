@@ -153,7 +153,7 @@ def training_config(config: BuildConfig, embed_pt: str | Path, meta_json: str | 
 
 def check_build_config(config: BuildConfig) -> None:
     """Raise ValueError naming the first invalid setting or output folder, before any work is done."""
-    from mrm.meta_train import check_folder_path
+    from mrm.run_folder import check_folder_path
 
     out = check_folder_path(config.out, flag="--out")
     if (out / "progress.json").exists() and not config.overwrite:

@@ -401,8 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         result = build_bundle(config)
-    except (CorpusError, EncoderLoadError, ValueError) as error:
-        # ValueError covers invalid settings, which meta_train and the simulation name with their values.
+    except (CorpusError, ValueError) as error:
+        # Bad input, as in the other commands: a corpus error or an invalid setting
+        # (ValueError, which meta_train and the simulation raise with the value).
+        print(f"demo build failed: {error}", file=sys.stderr)
+        return 2
+    except EncoderLoadError as error:
         print(f"demo build failed: {error}", file=sys.stderr)
         return 1
     card = result.card

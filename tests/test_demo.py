@@ -413,13 +413,13 @@ def test_main_without_subcommand_returns_2(capsys):
     assert demo_build.main([]) == 2
 
 
-def test_main_build_bad_corpus_returns_1(tmp_path, capsys):
-    assert demo_build.main(["build", "--corpus", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 1
+def test_main_build_bad_corpus_returns_2(tmp_path, capsys):
+    assert demo_build.main(["build", "--corpus", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 2
     assert "corpus file not found" in capsys.readouterr().err
 
 
-def test_main_build_invalid_setting_returns_1(tmp_path, capsys):
-    assert demo_build.main(["build", "--val_post_fraction", "1.5", "--out", str(tmp_path / "out")]) == 1
+def test_main_build_invalid_setting_returns_2(tmp_path, capsys):
+    assert demo_build.main(["build", "--val_post_fraction", "1.5", "--out", str(tmp_path / "out")]) == 2
     assert "val_post_fraction=1.5" in capsys.readouterr().err
 
 

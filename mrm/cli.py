@@ -299,6 +299,9 @@ def run_evaluate(argv: list[str]) -> int:
         recorded_used = {key: value for key, value in recorded.items() if key not in overridden}
         if recorded_used:
             logger.info("using settings recorded with the checkpoint (pass the flags to override): %s", recorded_used)
+        defaults_used = {key: getattr(config, key) for key in CHECKPOINT_SETTINGS if key not in overridden and key not in recorded}
+        if defaults_used:
+            logger.info("using default settings (pass the flags or --preset to change them): %s", defaults_used)
         device = resolve_device(config.device)
         model = load_mrm(checkpoint_path, device=str(device))
         data = read_embedding_files(config.embed_pt, config.meta_json)

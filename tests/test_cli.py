@@ -120,3 +120,15 @@ def test_evaluate_uses_settings_recorded_with_checkpoint(tmp_path, capsys):
     assert code == 0
     assert results["protocol"]["inner_lr"] == card["training"]["inner_lr"]
     assert results["overall"] == pytest.approx(card["mrm_adapted"]["overall"], abs=1e-4)
+
+
+def test_evaluate_names_defaults_for_published_checkpoint(population, tmp_path, capsys):
+    pt, js = population
+    torch.save(MRM(16, [2]).state_dict(), tmp_path / "published.pt")
+    code = main(["evaluate", "--embed_pt", str(pt), "--meta_json", str(js), "--ckpt", str(tmp_path / "published.pt"),
+                 "--seed", "7"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "using default settings" in err
+    assert "'inner_lr': 0.005" in err
+    assert "'seed'" not in err.split("using default settings")[1].splitlines()[0]

@@ -232,6 +232,53 @@ def split_conversations(conversation_ids: Sequence[str], user_id: str, seed: int
     return set(ids[:half]), set(ids[half:])
 
 
+def prism_train_pairs(entries: list[dict], user_id: str, seed: int, limit: int) -> tuple[list[dict], list[int]]:
+    """Return a PRISM user's training pairs and the conversation group of each, in the published order.
+
+    The published code (`build_prism_dataset` in the ModalityDance/MRM
+    repository's utils.py) shuffles the user's conversation ids, in order of
+    first appearance, with the per-user generator, keeps the training ones in
+    that order, caps their number (not the number of pairs) at `limit` when
+    `limit` > 0, and lists each conversation's pairs in file order. Groups are
+    numbered by that conversation order, which the per-epoch support/query
+    shuffle then permutes.
+    """
+    # An entry without a conversation id is a conversation of its own.
+    keys = [("conversation", str(e["conversation_id"])) if "conversation_id" in e else ("entry", i) for i, e in enumerate(entries)]
+    conversations = list(dict.fromkeys(keys))
+    user_generator(user_id, seed).shuffle(conversations)
+    train_pairs_by_conversation: dict[tuple, list[dict]] = {}
+    for key, entry in zip(keys, entries):
+        if entry["split"] == "train":
+            train_pairs_by_conversation.setdefault(key, []).append(entry)
+    ordered = [conv for conv in conversations if conv in train_pairs_by_conversation]
+    if limit > 0:
+        ordered = ordered[:limit]
+
+    train, groups = [], []
+    for group, conv in enumerate(ordered):
+        train += train_pairs_by_conversation[conv]
+        groups += [group] * len(train_pairs_by_conversation[conv])
+    return train, groups
+
+
+def passes_score_threshold(entry: dict, threshold: float | None) -> bool:
+    """Keep a PRISM training pair when |chosen_score - rejected_score| > `threshold` (None keeps every pair).
+
+    This is the published filter. The published scripts pass -1, which keeps
+    every pair; test pairs are never filtered.
+    """
+    if threshold is None or "chosen_score" not in entry or "rejected_score" not in entry:
+        return True
+    return abs(entry["chosen_score"] - entry["rejected_score"]) > threshold
+
+
+def _renumber_groups(groups: list[int]) -> list[int]:
+    # Keeps the order of the groups that still have pairs and numbers them 0..n-1.
+    position = {group: i for i, group in enumerate(dict.fromkeys(groups))}
+    return [position[group] for group in groups]
+
+
 def assign_missing_splits(entries: list[dict], user_id: str, seed: int, dataset: str) -> list[dict]:
     """Return `entries` with a `split` on each; PRISM entries without one get it from `split_conversations`."""
     if all("split" in entry for entry in entries):
@@ -284,6 +331,9 @@ def build_user_splits(
     if dataset not in ("REDDIT", "PRISM"):
         raise DataError(f"unknown dataset {dataset!r}; expected REDDIT or PRISM")
     seen_ids, unseen_ids = split_seen_unseen(list(data.users), seed)
+    if dataset == "REDDIT" and score_threshold is not None and score_threshold >= 0:
+        logger.warning("--score_threshold %s is ignored for REDDIT: as in the published code, it filters PRISM "
+                       "training pairs only", score_threshold)
 
     def build(bad_rows: set[int]) -> tuple[dict[bool, list[UserPairs]], dict[str, str]]:
         skipped: dict[str, str] = {}
@@ -319,31 +369,25 @@ def build_user_splits(
 
 
 def _build_user(entries, user_id, is_seen, seed, dataset, limit, score_threshold, bad_rows) -> UserPairs | str:
-    def usable(entry: dict) -> bool:
-        if entry["chosen_idx"] in bad_rows or entry["rejected_idx"] in bad_rows:
-            return False
-        if score_threshold is not None and "chosen_score" in entry and "rejected_score" in entry:
-            # NOTE: the published filter's exact rule is not documented; this keeps
-            # pairs whose rating gap is at least the threshold.
-            return entry["chosen_score"] - entry["rejected_score"] >= score_threshold
-        return True
+    def finite(entry: dict) -> bool:
+        return entry["chosen_idx"] not in bad_rows and entry["rejected_idx"] not in bad_rows
 
-    train = [e for e in entries if e["split"] == "train" and usable(e)]
-    test = [e for e in entries if e["split"] == "val" and usable(e)]
-    train = select_train_pairs(train, user_id, seed, limit)
+    # Pairs are filtered after the cap, as in the published code, so a dropped
+    # pair never changes which of the user's other pairs are selected.
+    if dataset == "PRISM":
+        train, groups = prism_train_pairs(entries, user_id, seed, limit)
+        kept_positions = [i for i, e in enumerate(train) if finite(e) and passes_score_threshold(e, score_threshold)]
+        train = [train[i] for i in kept_positions]
+        groups = _renumber_groups([groups[i] for i in kept_positions])
+    else:
+        train = select_train_pairs([e for e in entries if e["split"] == "train"], user_id, seed, limit)
+        train = [e for e in train if finite(e)]
+        groups = list(range(len(train)))
+    test = [e for e in entries if e["split"] == "val" and finite(e)]
     if not train:
         return "no training pairs"
     if not test:
         return "no test pairs"
-
-    if dataset == "PRISM":
-        # Support/query splits are by conversation; group ids in order of first appearance.
-        # NOTE: the published ordering of a user's conversation ids is not documented.
-        order = list(dict.fromkeys(str(e.get("conversation_id", i)) for i, e in enumerate(train)))
-        position = {conv: i for i, conv in enumerate(order)}
-        groups = [position[str(e.get("conversation_id", i))] for i, e in enumerate(train)]
-    else:
-        groups = list(range(len(train)))
 
     def indices(items: list[dict], key: str) -> Tensor:
         return torch.tensor([e[key] for e in items], dtype=torch.long)

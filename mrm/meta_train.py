@@ -66,7 +66,9 @@ class TrainConfig:
     epochs: int = field(default=200, metadata={"help": "passes over the seen users"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "fraction of outer steps with linear learning-rate warm-up"})
     val_ratio: float = field(default=0.9, metadata={"help": "fraction of a user's training pairs (or conversations) in the query set"})
-    score_threshold: float | None = field(default=None, metadata={"help": "drop pairs whose chosen_score - rejected_score is below this"})
+    score_threshold: float | None = field(default=None, metadata={
+        "help": "PRISM only: keep a training pair when |chosen_score - rejected_score| is above this (test pairs are "
+                "never filtered; the published scripts pass -1, which keeps every pair); unset: no filter"})
     rpo_ratio: float = field(default=0.5, metadata={"help": "RPO: threshold is the (1 - rpo_ratio) quantile of the group's task losses"})
     rpo_gamma: float = field(default=0.5, metadata={"help": "RPO temperature; <= 0 sums only losses above the threshold"})
     seed: int = field(default=42, metadata={"help": "seed of user splits, pair caps, support/query splits and initialisation"})
@@ -146,7 +148,7 @@ def _positive_rate_problems(name: str, value: float) -> list[str]:
     return [f"--{name} {value} must be a finite number above 0 (the published runs use 5e-3 or 1e-3)"]
 
 
-# Published settings. NOTE: the published seed is not documented here; 42 is this project's default.
+# Published settings. The published scripts use seed 42, which is also this project's default.
 PRESETS: dict[str, dict] = {
     "reddit150": dict(dataset="REDDIT", seen_train_limit=150, unseen_train_limit=50, hidden_layers=[2], use_bias=False,
                       inner_lr=5e-3, meta_lr=5e-3, train_inner_epochs=1, eval_inner_epochs=1, tasks_per_batch=2,

@@ -171,3 +171,93 @@ def test_embedding_file_bytes_are_reproducible(tmp_path):
     first = write_embedding_files(tmp_path / "a", torch.ones(3, 4), users)[0].read_bytes()
     second = write_embedding_files(tmp_path / "a", torch.ones(3, 4), users)[0].read_bytes()
     assert first == second
+
+
+def published_conversation_order(conversations, user_id, seed):
+    shuffled = list(conversations)
+    random.Random(seed + int(hashlib.md5(user_id.encode()).hexdigest(), 16) % 2**32).shuffle(shuffled)
+    return shuffled
+
+
+def prism_user(conversations, pairs_per_conversation, test_conversations=("t0",), scores=None):
+    """Entries of one PRISM user: `pairs_per_conversation` training pairs per conversation, one test pair each."""
+    entries, row = [], 0
+    for conv in conversations:
+        for k in range(pairs_per_conversation):
+            entry = {"chosen_idx": row, "rejected_idx": row + 1, "split": "train", "conversation_id": conv}
+            if scores is not None:
+                entry["chosen_score"], entry["rejected_score"] = scores[(conv, k)]
+            entries.append(entry)
+            row += 2
+    for conv in test_conversations:
+        entries.append({"chosen_idx": row, "rejected_idx": row + 1, "split": "val", "conversation_id": conv,
+                        "chosen_score": 0.0, "rejected_score": 5.0})
+        row += 2
+    return entries, row
+
+
+def prism_splits(tmp_path, user_entries, rows, **options):
+    users = {"p1": user_entries, "p2": [{"chosen_idx": 0, "rejected_idx": 1, "split": "train", "conversation_id": "x"},
+                                        {"chosen_idx": 2, "rejected_idx": 3, "split": "val", "conversation_id": "y"}]}
+    data = read_embedding_files(*write_embedding_files(tmp_path / "prism", torch.randn(rows, 4), users))
+    return next(u for u in build_user_splits(data, dataset="PRISM", **options).all_users if u.user_id == "p1")
+
+
+def test_prism_training_pairs_follow_published_order(tmp_path):
+    conversations = [f"c{i}" for i in range(5)]
+    entries, rows = prism_user(conversations, pairs_per_conversation=2)
+    p1 = prism_splits(tmp_path, entries, rows, seed=42)
+    # Conversation order of the published code: all of the user's conversations, shuffled; training ones kept.
+    order = [c for c in published_conversation_order([*conversations, "t0"], "p1", 42) if c != "t0"]
+    expected_rows = [4 * conversations.index(c) + 2 * k for c in order for k in range(2)]
+    assert p1.train_chosen.tolist() == expected_rows
+    assert p1.train_groups == [g for g in range(5) for _ in range(2)]
+
+
+def test_prism_cap_counts_conversations(tmp_path):
+    conversations = [f"c{i}" for i in range(5)]
+    entries, rows = prism_user(conversations, pairs_per_conversation=3)
+    p1 = prism_splits(tmp_path, entries, rows, seed=42, seen_train_limit=2, unseen_train_limit=2)
+    order = [c for c in published_conversation_order([*conversations, "t0"], "p1", 42) if c != "t0"]
+    assert p1.num_train == 6
+    assert {row // 6 for row in p1.train_chosen.tolist()} == {conversations.index(c) for c in order[:2]}
+
+
+def test_prism_published_threshold_keeps_every_pair(tmp_path):
+    scores = {("c0", 0): (1.0, 4.0), ("c1", 0): (2.0, 2.0)}  # chosen scored below rejected; a tie
+    entries, rows = prism_user(["c0", "c1"], pairs_per_conversation=1, scores=scores)
+    p1 = prism_splits(tmp_path, entries, rows, seed=42, score_threshold=-1)
+    assert p1.num_train == 2
+    assert p1.num_test == 1
+
+
+def test_prism_threshold_filters_training_pairs_only(tmp_path):
+    scores = {("c0", 0): (1.0, 4.0), ("c1", 0): (2.0, 2.2), ("c2", 0): (3.0, 1.0)}
+    entries, rows = prism_user(["c0", "c1", "c2"], pairs_per_conversation=1, scores=scores)
+    p1 = prism_splits(tmp_path, entries, rows, seed=42, score_threshold=0.5)
+    assert sorted(p1.train_chosen.tolist()) == [0, 4]  # |gap| 3 and 2 pass; 0.2 does not
+    assert p1.train_groups == [0, 1]
+    assert p1.num_test == 1  # its gap of -5 is not filtered
+
+
+def test_reddit_ignores_score_threshold(tmp_path, caplog):
+    users = {f"u{i}": [{"chosen_idx": 0, "rejected_idx": 1, "split": "train", "chosen_score": 1.0, "rejected_score": 1.0},
+                       {"chosen_idx": 2, "rejected_idx": 3, "split": "val"}] for i in range(2)}
+    data = read_embedding_files(*write_embedding_files(tmp_path / "d", torch.randn(4, 4), users))
+    splits = build_user_splits(data, seed=0, score_threshold=0.5)
+    assert [u.num_train for u in splits.all_users] == [1, 1]
+    assert "ignored for REDDIT" in caplog.text
+
+
+def test_nan_pair_does_not_change_other_selected_pairs(tmp_path):
+    users = {f"u{i}": [{"chosen_idx": 2 * k, "rejected_idx": 2 * k + 1, "split": "train"} for k in range(10)]
+             + [{"chosen_idx": 20, "rejected_idx": 21, "split": "val"}] for i in range(2)}
+    pt, js = write_embedding_files(tmp_path / "d", torch.randn(22, 4), users)
+    clean = {u.user_id: u for u in build_user_splits(read_embedding_files(pt, js), seed=0, seen_train_limit=4).all_users}
+    victim = int(clean["u0"].train_chosen[1])
+    embeddings = torch.load(pt)
+    embeddings[victim] = float("nan")
+    torch.save(embeddings, pt)
+    dirty = {u.user_id: u for u in build_user_splits(read_embedding_files(pt, js), seed=0, seen_train_limit=4).all_users}
+    expected = [row for row in clean["u0"].train_chosen.tolist() if row != victim]
+    assert dirty["u0"].train_chosen.tolist() == expected

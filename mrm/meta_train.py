@@ -380,6 +380,16 @@ def group_meta_objective(
     return rpo_objective(query_losses, rpo_ratio, rpo_gamma), query_losses
 
 
+def schedule_length(num_seen: int, epochs: int, tasks_per_batch: int) -> int:
+    """Return the learning-rate schedule's length in outer steps, as the published code computes it.
+
+    That is seen users x epochs // tasks_per_batch. With a final partial group
+    in each epoch a run takes a few more steps, which run at the schedule's end
+    value of 0.
+    """
+    return max(1, num_seen * epochs // tasks_per_batch)
+
+
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
 
@@ -441,8 +451,7 @@ def _meta_train(config: TrainConfig, inputs: TrainingInputs, run: RunFolder, cal
     embeddings = inputs.data.embeddings if device.type == "cpu" else inputs.data.embeddings.to(device)
     model.to(device).train()
 
-    steps_per_epoch = math.ceil(len(splits.seen) / config.tasks_per_batch)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = schedule_length(len(splits.seen), config.epochs, config.tasks_per_batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, int(config.warmup_ratio * total_steps)))
     extra = {"training": {k: v for k, v in asdict(config).items() if k not in ("embed_pt", "meta_json", "output_path", "device", "overwrite")}}

@@ -15,6 +15,7 @@ from mrm.meta_train import (
     cosine_with_warmup,
     group_meta_objective,
     meta_train,
+    schedule_length,
     task_pairs_for_epoch,
     training_differences,
 )
@@ -187,3 +188,8 @@ def test_meta_training_beats_baselines_unseen(tmp_path):
 
     assert results["unseen"] > results["init"]["unseen"] + 0.03
     assert results["unseen"] > global_unseen + 0.03
+
+
+def test_schedule_length_uses_published_formula():
+    assert schedule_length(num_seen=5, epochs=3, tasks_per_batch=2) == 7  # 15 // 2, not 3 groups x 3 epochs
+    assert schedule_length(num_seen=40, epochs=200, tasks_per_batch=4) == 2000

@@ -34,6 +34,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import validate_repo_id
 
 from mrm.fileio import write_text_atomic
@@ -181,7 +182,9 @@ def parse_repo_id(text: str, revision: str | None = None) -> tuple[str, str | No
     Raises HubError when the text is not a repo id, or when it names a revision
     that disagrees with the `revision` argument.
     """
-    repo_id, _, suffix = text.partition("@")
+    repo_id, separator, suffix = text.partition("@")
+    if separator and not suffix.strip():
+        raise HubError(f"'{text}' ends with '@' but names no revision; write org/name@REVISION, or leave out the '@'.")
     if suffix:
         if revision is not None and revision != suffix:
             raise HubError(
@@ -245,6 +248,13 @@ def _list_repo_files(target: _Target, token: str | None, offline: bool) -> list[
     """List the repo's files from the Hub, or from the cache when offline or when the Hub request fails."""
     if offline:
         cached = _list_cached_files(target)
+        if cached is None and target.revision and _repo_folder(target).is_dir():
+            raise HubError(
+                f"Could not load the checkpoint {target}: offline mode is on (HF_HUB_OFFLINE=1 or "
+                f"local_files_only=True), and the local Hub cache {target.cache_dir} has the repo but not the "
+                f"revision '{target.revision}'. Download that revision while online with {target.download_command}, "
+                "or leave out the revision to use the cached 'main'. " + target.alternatives
+            )
         if cached is None:
             raise HubError(
                 f"Could not load the checkpoint {target}: offline mode is on (HF_HUB_OFFLINE=1 or "
@@ -267,6 +277,11 @@ def _list_repo_files(target: _Target, token: str | None, offline: bool) -> list[
         logger.warning("listing %s on the Hub failed (%s), so the cached copy is used", target, type(error).__name__)
         return cached
     return [sibling.rfilename for sibling in info.siblings or []]
+
+
+def _repo_folder(target: _Target) -> Path:
+    """Return the cache folder `models--org--name` of the repo (it may not exist)."""
+    return Path(target.cache_dir) / repo_folder_name(repo_id=target.repo_id, repo_type="model")
 
 
 def _list_cached_files(target: _Target) -> list[str] | None:
@@ -428,8 +443,9 @@ def push_checkpoint(
 
 
 def _encoder_config(card_info: Mapping) -> dict:
-    """Return the card fields that config.json records next to the architecture."""
-    return {key: card_info[key] for key in ("encoder", "encoder_revision") if card_info.get(key) is not None}
+    """Return the card fields that config.json records next to the architecture, under the keys demo bundles use."""
+    names = {"encoder": "encoder_id", "encoder_revision": "encoder_revision"}
+    return {names[key]: card_info[key] for key in names if card_info.get(key) is not None}
 
 
 def _push_failure_message(repo_id: str, error: Exception) -> str:
@@ -449,6 +465,9 @@ def _push_failure_message(repo_id: str, error: Exception) -> str:
 
 
 # ----------------------------------------------------------------------------- model card
+
+# Training settings that name files or hardware of the training machine; cards leave them out.
+LOCAL_SETTINGS = ("embed_pt", "meta_json", "output_path", "device", "overwrite")
 
 _RESULT_ROWS = (
     ("seen", "Seen users (meta-training tasks)"),
@@ -585,14 +604,29 @@ def _selection_sentence(results: Mapping) -> str:
         )
     if kind == "last":
         return f"{epoch_text} is the final training epoch. No epoch selection took place."
-    detail = f" ({description})" if description else ""
+    # The label's own parenthesis (such as "(test pairs untouched)") repeats the sentence's ending.
+    description = description.split("(", 1)[0].strip()
+    detail = f": {description}" if description else ""
     return f"{epoch_text} was selected on `{kind}` data{detail}, without looking at the test pairs."
 
 
-def _settings_table(settings) -> str:
+def public_settings(settings) -> dict:
+    """Return training settings without the entries that only make sense on the machine that trained.
+
+    Dropped: data and output paths, the device, `overwrite`, and a `ckpt`
+    that is not a Hub repo id (a local starting checkpoint).
+    """
     if is_dataclass(settings):
         settings = asdict(settings)
-    rows = [(f"`{key}`", f"`{value}`") for key, value in settings.items()]
+    return {
+        key: value
+        for key, value in settings.items()
+        if key not in LOCAL_SETTINGS and not (key == "ckpt" and value and not _is_hub_id(value))
+    }
+
+
+def _settings_table(settings) -> str:
+    rows = [(f"`{key}`", f"`{value}`") for key, value in public_settings(settings).items()]
     return _table(("Setting", "Value"), rows)
 
 

@@ -596,7 +596,7 @@ def test_model_card_val_selection():
     label = "val: held-out training pairs of unseen users (test pairs untouched)"
     results = {**CARD_INFO["results"], "selected_on": label, "best_epoch": 80}
     text = render_model_card(tiny_model(0), {**CARD_INFO, "results": results})
-    expected = "Epoch 80 was selected on `val` data (held-out training pairs of unseen users (test pairs untouched))"
+    expected = "Epoch 80 was selected on `val` data: held-out training pairs of unseen users, without looking at the test pairs."
     assert expected in text
 
 
@@ -709,7 +709,7 @@ def test_push_uploaded_weights_load_back(recorder):
 def test_push_config_records_encoder(recorder):
     push_checkpoint(tiny_model(0), "org/head", CARD_INFO, token="hf_write")
     config = json.loads((recorder.copy / "config.json").read_text())
-    assert config["encoder"] == "Skywork/Skywork-Reward-V2-Llama-3.1-8B"
+    assert config["encoder_id"] == "Skywork/Skywork-Reward-V2-Llama-3.1-8B"
 
 
 def test_push_readme_is_our_card(recorder):
@@ -755,3 +755,29 @@ def test_push_forbidden_message(recorder, monkeypatch):
 def test_push_invalid_repo_id(recorder):
     with pytest.raises(HubError, match="not a Hub repo id"):
         push_checkpoint(tiny_model(0), "org/head/extra", CARD_INFO, token="hf_write")
+
+
+def test_model_card_leaves_out_local_paths():
+    training = {"embed_pt": "/home/me/data.pt", "meta_json": "/home/me/data.json", "output_path": "/home/me/run",
+                "device": "cuda:0", "ckpt": "/home/me/start/best", "inner_lr": 0.005}
+    text = render_model_card(tiny_model(0), {**CARD_INFO, "training": training})
+    assert "/home/me" not in text
+    assert "cuda:0" not in text
+    assert "| `inner_lr` | `0.005` |" in text
+
+
+def test_model_card_keeps_hub_starting_checkpoint():
+    text = render_model_card(tiny_model(0), {**CARD_INFO, "training": {"ckpt": "ModalityDance/MRM-Reddit150-V2"}})
+    assert "`ModalityDance/MRM-Reddit150-V2`" in text
+
+
+def test_offline_missing_revision_of_cached_repo(offline_cache):
+    add_cached_commit(offline_cache, "org/reddit150", COMMIT_NEW, {PT_NAME: published_pt_bytes(tiny_model(0))})
+    with pytest.raises(HubError, match="has the repo but not the revision 'v9'") as error:
+        resolve_checkpoint("org/reddit150@v9")
+    assert "leave out the revision" in str(error.value)
+
+
+def test_repo_id_with_empty_revision_is_rejected(offline_cache):
+    with pytest.raises(HubError, match="names no revision"):
+        resolve_checkpoint("org/reddit150@")

@@ -24,11 +24,12 @@ from mrm.meta_train import PRESETS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-USAGE = """usage: python -m mrm {train,evaluate,embed,demo} [options]
+USAGE = """usage: python -m mrm {train,evaluate,embed,push,demo} [options]
 
   train      meta-train MRM on an embedding file (run folder under --output_path)
   evaluate   user-level evaluation of a checkpoint (file, folder or Hub repo id)
   embed      turn Reddit TL;DR, PRISM or a pairs file into an embedding file
+  push       upload a trained checkpoint with a model card to the Hub (or write the card only)
   demo       build the offline demo bundle (python -m mrm demo build)
 
 Run `python -m mrm COMMAND --help` for a command's options.
@@ -348,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         from mrm.prepare import main as embed_main
 
         return embed_main(rest)
+    if command == "push":
+        from mrm.push import main as push_main
+
+        return push_main(rest)
     if command == "demo":
         from mrm.demo_build import main as demo_main
 

@@ -266,11 +266,15 @@ def passes_score_threshold(entry: dict, threshold: float | None) -> bool:
     """Keep a PRISM training pair when |chosen_score - rejected_score| > `threshold` (None keeps every pair).
 
     This is the published filter. The published scripts pass -1, which keeps
-    every pair; test pairs are never filtered.
+    every pair; test pairs are never filtered. With a threshold of 0 or more,
+    a pair that lacks a numeric score (an unrated reply) is dropped.
     """
-    if threshold is None or "chosen_score" not in entry or "rejected_score" not in entry:
+    if threshold is None or threshold < 0:  # every gap, even an unknown one, is above a negative threshold
         return True
-    return abs(entry["chosen_score"] - entry["rejected_score"]) > threshold
+    chosen, rejected = entry.get("chosen_score"), entry.get("rejected_score")
+    if not all(isinstance(score, (int, float)) and not isinstance(score, bool) for score in (chosen, rejected)):
+        return False  # a pair without two ratings cannot show a gap above the threshold
+    return abs(chosen - rejected) > threshold
 
 
 def _renumber_groups(groups: list[int]) -> list[int]:
@@ -364,7 +368,11 @@ def build_user_splits(
         listed = ", ".join(f"{uid} ({why})" for uid, why in list(skipped.items())[:10])
         logger.warning("skipped %d users: %s%s", len(skipped), listed, " ..." if len(skipped) > 10 else "")
     if not result[True]:
-        raise DataError(f"no usable seen users out of {len(data.users)} users; skipped: {skipped}")
+        reasons = f"; skipped: {skipped}" if skipped else ""
+        raise DataError(
+            f"no usable seen users out of {len(data.users)} users{reasons}. Users are split in half into seen and "
+            "unseen ones, so training and evaluation need at least 2 users, each with training and test (val) pairs."
+        )
     return UserSplits(seen=result[True], unseen=result[False], skipped=skipped)
 
 

@@ -197,7 +197,8 @@ def prism_user(conversations, pairs_per_conversation, test_conversations=("t0",)
 
 
 def prism_splits(tmp_path, user_entries, rows, **options):
-    users = {"p1": user_entries, "p2": [{"chosen_idx": 0, "rejected_idx": 1, "split": "train", "conversation_id": "x"},
+    users = {"p1": user_entries, "p2": [{"chosen_idx": 0, "rejected_idx": 1, "split": "train", "conversation_id": "x",
+                                         "chosen_score": 5.0, "rejected_score": 1.0},
                                         {"chosen_idx": 2, "rejected_idx": 3, "split": "val", "conversation_id": "y"}]}
     data = read_embedding_files(*write_embedding_files(tmp_path / "prism", torch.randn(rows, 4), users))
     return next(u for u in build_user_splits(data, dataset="PRISM", **options).all_users if u.user_id == "p1")
@@ -261,3 +262,25 @@ def test_nan_pair_does_not_change_other_selected_pairs(tmp_path):
     dirty = {u.user_id: u for u in build_user_splits(read_embedding_files(pt, js), seed=0, seen_train_limit=4).all_users}
     expected = [row for row in clean["u0"].train_chosen.tolist() if row != victim]
     assert dirty["u0"].train_chosen.tolist() == expected
+
+
+def test_prism_threshold_drops_unrated_pairs(tmp_path):
+    scores = {("c0", 0): (None, 4.0), ("c1", 0): (1.0, 4.0)}
+    entries, rows = prism_user(["c0", "c1"], pairs_per_conversation=1, scores=scores)
+    p1 = prism_splits(tmp_path, entries, rows, seed=42, score_threshold=1.0)
+    assert p1.train_chosen.tolist() == [2]
+
+
+def test_prism_negative_threshold_keeps_unrated_pairs(tmp_path):
+    scores = {("c0", 0): (None, 4.0), ("c1", 0): (1.0, 4.0)}
+    entries, rows = prism_user(["c0", "c1"], pairs_per_conversation=1, scores=scores)
+    p1 = prism_splits(tmp_path, entries, rows, seed=42, score_threshold=-1)
+    assert p1.num_train == 2
+
+
+def test_single_user_error_explains_minimum(tmp_path):
+    users = {"u0": [{"chosen_idx": 0, "rejected_idx": 1, "split": "train"}, {"chosen_idx": 2, "rejected_idx": 3, "split": "val"}]}
+    data = read_embedding_files(*write_embedding_files(tmp_path / "d", torch.randn(4, 4), users))
+    with pytest.raises(DataError, match="need at least 2 users") as error:
+        build_user_splits(data, seed=0)
+    assert "skipped" not in str(error.value)

@@ -73,6 +73,17 @@ APP_EPILOG = (
 )
 
 
+def _port_number(text: str) -> int:
+    """Parse a `--port` value: a TCP port from 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a whole number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: use a number from 1 to 65535")
+    return port
+
+
 def parse_app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
     """Build an `AppConfig` from flags, falling back to the `MRM_*` environment variables."""
     environ = os.environ if environ is None else environ
@@ -82,7 +93,7 @@ def parse_app_args(argv: Sequence[str] | None = None, environ: Mapping[str, str]
         if item.name == "offline":
             parser.add_argument(flag, action="store_true", help=item.metadata["help"])
         elif item.name == "port":
-            parser.add_argument(flag, type=int, default=None, help=item.metadata["help"])
+            parser.add_argument(flag, type=_port_number, default=None, metavar="PORT", help=item.metadata["help"])
         else:
             parser.add_argument(flag, default=None, help=item.metadata["help"])
     args = parser.parse_args(argv)

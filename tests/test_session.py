@@ -115,6 +115,14 @@ def test_parse_app_args_flags_beat_environment():
     assert config.port == 8123
 
 
+@pytest.mark.parametrize("port", ["0", "99999", "-1", "http"])
+def test_parse_app_args_rejects_invalid_port(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_app_args(["--port", port], environ={})
+    assert exit_info.value.code == 2
+    assert "invalid port" in capsys.readouterr().err
+
+
 def test_apply_offline_environment_sets_flags(monkeypatch):
     import huggingface_hub.constants
 

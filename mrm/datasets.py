@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,11 +131,23 @@ def download_reddit(revision: str | None = None, cache_dir: str | os.PathLike | 
             cache_dir=cache_dir,
         )
     except (OSError, HfHubHTTPError) as error:
-        raise DatasetError(_download_hint(REDDIT_REPO, error)) from error
+        raise DatasetError(_download_hint(REDDIT_REPO, error, cache_dir)) from error
     return Path(folder)
 
 
-def _download_hint(repo_id: str, error: Exception) -> str:
+def _download_hint(repo_id: str, error: Exception, cache_dir: str | os.PathLike | None = None) -> str:
+    from huggingface_hub import constants
+
+    from mrm.hub import is_offline
+
+    if is_offline():
+        cache = cache_dir if cache_dir is not None else constants.HF_HUB_CACHE
+        return (
+            f"could not read the dataset {repo_id} from the local Hugging Face Hub cache {cache} "
+            f"({type(error).__name__}: {error}). Hub offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), so nothing is downloaded: "
+            "run the command once without offline mode to fill the cache, or pass a folder of the downloaded "
+            "files with --data_dir."
+        )
     return (
         f"could not download the dataset {repo_id} from the Hugging Face Hub ({type(error).__name__}: {error}). "
         "Check the network and HF_TOKEN, or download the files elsewhere and pass their folder with --data_dir."
@@ -148,14 +160,16 @@ def find_reddit_files(data_dir: str | os.PathLike) -> list[Path]:
     Parquet files are those of the Hub's parquet conversion
     (`comparisons/train/0000.parquet`, `comparisons/validation/0000.parquet`).
     JSON Lines files are the original release (`comparisons/batch*.json`, one
-    comparison per line); the row's own `split` field places each row.
+    comparison per line); the row's own `split` field places each row. Files
+    below a folder whose name starts with "axis" are skipped, because they
+    contain the release's axis evaluations (`axis_evals/`), not comparisons.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"Reddit data folder not found: {data_dir}")
     patterns = ("*.parquet", "*.json", "*.jsonl")
     files = sorted(
-        {path for pattern in patterns for path in data_dir.rglob(pattern) if "axis" not in path.relative_to(data_dir).parts}
+        {path for pattern in patterns for path in data_dir.rglob(pattern) if not _in_axis_folder(path.relative_to(data_dir))}
     )
     if not files:
         raise DatasetError(
@@ -164,6 +178,10 @@ def find_reddit_files(data_dir: str | os.PathLike) -> list[Path]:
             "or leave --data_dir unset to download them"
         )
     return files
+
+
+def _in_axis_folder(relative_path: Path) -> bool:
+    return any(folder.lower().startswith("axis") for folder in relative_path.parts[:-1])
 
 
 def _split_from_path(path: Path) -> str | None:
@@ -189,6 +207,8 @@ def _split_from_row(value: object) -> str | None:
 
 
 def _read_comparison_frame(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        return pd.DataFrame()
     if path.suffix == ".parquet":
         try:
             return pd.read_parquet(path)
@@ -210,6 +230,8 @@ def iter_reddit_rows(files: Iterable[Path], root: Path) -> Iterator[tuple[str, d
     """
     for path in files:
         frame = _read_comparison_frame(path)
+        if frame.columns.empty:
+            raise DatasetError(f"{path} is empty: it contains no comparison rows; delete it or replace it with the full file")
         missing = {"info", "summaries", "choice", "worker"} - set(frame.columns)
         if missing:
             raise DatasetError(f"{path} lacks the comparison column(s) {sorted(missing)}; found {list(frame.columns)}")
@@ -304,12 +326,16 @@ def download_prism(revision: str | None = None, cache_dir: str | os.PathLike | N
             for name in PRISM_FILES
         ]
     except (OSError, HfHubHTTPError) as error:
-        raise DatasetError(_download_hint(PRISM_REPO, error)) from error
+        raise DatasetError(_download_hint(PRISM_REPO, error, cache_dir)) from error
     return Path(paths[0]).parent
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSON Lines file into a list of objects; raise `DatasetError` naming the bad line."""
+def read_jsonl(path: Path, check: Callable[[object], str | None] | None = None) -> list[dict]:
+    """Read a JSON Lines file into a list of objects; raise `DatasetError` naming the bad line.
+
+    `check` returns what is wrong with a record, or None when it is valid. The
+    first invalid record raises `DatasetError` with that problem and its line.
+    """
     if not path.is_file():
         raise DatasetError(f"file not found: {path}")
     records = []
@@ -318,10 +344,52 @@ def read_jsonl(path: Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DatasetError(f"{path} line {number}: not valid JSON ({error.msg})") from error
+            problem = check(record) if check is not None else None
+            if problem is not None:
+                raise DatasetError(f"{path} line {number}: {problem}; fix or delete that line")
+            records.append(record)
     return records
+
+
+def check_survey_record(record: object) -> str | None:
+    """Return what keeps a PRISM survey record from being used, or None when it is valid."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    if record.get("user_id") is None:
+        return "missing field 'user_id'"
+    return None
+
+
+def check_conversation_record(record: object) -> str | None:
+    """Return what keeps a PRISM conversation record from being read, or None when it is valid.
+
+    A conversation needs `user_id` and `conversation_id`. Its
+    `conversation_history`, when present, is a list of message objects that
+    each have a `turn` that `int()` accepts.
+    """
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {type(record).__name__}"
+    for name in ("user_id", "conversation_id"):
+        if record.get(name) is None:
+            return f"missing field {name!r}"
+    history = record.get("conversation_history")
+    if history is None:
+        return None
+    if not isinstance(history, list):
+        return f"conversation_history must be a list of messages, got {type(history).__name__}"
+    for position, message in enumerate(history, start=1):
+        if not isinstance(message, dict):
+            return f"message {position} of conversation_history is not a JSON object"
+        if message.get("turn") is None:
+            return f"message {position} of conversation_history is missing field 'turn'"
+        try:
+            int(message["turn"])
+        except (TypeError, ValueError):
+            return f"message {position} of conversation_history has turn {message['turn']!r}, not an integer"
+    return None
 
 
 @dataclass
@@ -446,8 +514,8 @@ def load_prism(
 ) -> PreparedDataset:
     """Prepare PRISM users from local files (`data_dir`) or the Hub."""
     folder = Path(data_dir) if data_dir is not None else download_prism(revision, cache_dir)
-    survey = read_jsonl(folder / "survey.jsonl")
-    conversations = read_jsonl(folder / "conversations.jsonl")
+    survey = read_jsonl(folder / "survey.jsonl", check_survey_record)
+    conversations = read_jsonl(folder / "conversations.jsonl", check_conversation_record)
     users, stats = build_prism_users(survey, conversations, seed)
     if not users:
         raise DatasetError(

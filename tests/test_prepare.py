@@ -651,7 +651,7 @@ def test_reddit_offline_without_cache_is_an_error(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DatasetError, match="pass their folder with --data_dir"):
+    with pytest.raises(DatasetError, match="pass a folder of the downloaded files with --data_dir"):
         load_reddit(cache_dir=tmp_path)
 
 
@@ -659,8 +659,28 @@ def test_prism_offline_without_cache_is_an_error(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DatasetError, match="could not download the dataset HannahRoseKirk/prism-alignment"):
+    with pytest.raises(DatasetError, match="could not read the dataset HannahRoseKirk/prism-alignment"):
         load_prism(cache_dir=tmp_path)
+
+
+def test_main_offline_without_cache_names_offline_mode(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code = main(["prism", "--cache_dir", str(tmp_path / "hub"), "--encoder", "demo", "--out", str(tmp_path / "x")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "Hub offline mode is on" in error
+    assert "Check the network" not in error
+
+
+def test_download_hint_online_names_network(monkeypatch):
+    import mrm.hub
+    from mrm.datasets import _download_hint
+
+    monkeypatch.setattr(mrm.hub, "is_offline", lambda: False)
+    hint = _download_hint(PRISM_REPO, OSError("connection refused"))
+    assert "Check the network and HF_TOKEN" in hint
 
 
 def test_embed_bfloat16_storage(tmp_path):
@@ -683,3 +703,99 @@ def test_merge_shards_without_scores(tmp_path):
     embeddings, scores, _ = merge_shards(tmp_path, len(conversations), 2)
     assert embeddings.shape == (5, 8)
     assert scores is None
+
+
+# ----------------------------------------------------------------------------- embed command input and output checks
+
+
+def copy_prism(folder: Path, file_name: str | None = None, line: int = 1, edit=None) -> Path:
+    """Copy the PRISM fixture into `folder`, applying `edit` to the record on `line` of `file_name`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("survey.jsonl", "conversations.jsonl"):
+        records = read_jsonl(PRISM_DIR / name)
+        if name == file_name:
+            edit(records[line - 1])
+        (folder / name).write_text("".join(json.dumps(record) + "\n" for record in records))
+    return folder
+
+
+def copy_reddit(folder: Path) -> Path:
+    """Copy the Reddit fixture files into `folder/comparisons`, as the original release lays them out."""
+    comparisons = folder / "comparisons"
+    comparisons.mkdir(parents=True)
+    for path in REDDIT_DIR.iterdir():
+        shutil.copyfile(path, comparisons / path.name)
+    return folder
+
+
+def drop_first_turn(record: dict) -> None:
+    del record["conversation_history"][0]["turn"]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "line", "edit", "problem"),
+    [
+        ("conversations.jsonl", 2, lambda record: record.pop("user_id"), "missing field 'user_id'"),
+        ("conversations.jsonl", 1, drop_first_turn, "message 1 of conversation_history is missing field 'turn'"),
+        ("survey.jsonl", 3, lambda record: record.pop("user_id"), "missing field 'user_id'"),
+    ],
+)
+def test_main_prism_missing_field_names_line(tmp_path, capsys, file_name, line, edit, problem):
+    data_dir = copy_prism(tmp_path / "prism", file_name, line, edit)
+    code = main(["prism", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {data_dir / file_name} line {line}: {problem}; fix or delete that line"
+
+
+def test_main_prism_turn_must_be_integer(tmp_path, capsys):
+    def set_turn(record: dict) -> None:
+        record["conversation_history"][2]["turn"] = "second"
+
+    data_dir = copy_prism(tmp_path / "prism", "conversations.jsonl", 1, set_turn)
+    code = main(["prism", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "line 1: message 3 of conversation_history has turn 'second', not an integer" in capsys.readouterr().err
+
+
+def test_main_prism_record_must_be_object(tmp_path, capsys):
+    data_dir = copy_prism(tmp_path / "prism")
+    with (data_dir / "survey.jsonl").open("a") as handle:
+        handle.write("[1, 2]\n")
+    code = main(["prism", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "survey.jsonl line 6: expected a JSON object, got list" in capsys.readouterr().err
+
+
+def make_axis_eval_file(folder: Path) -> None:
+    """Write an axis evaluation file in the original release's layout: no choice or summaries columns."""
+    folder.mkdir(parents=True)
+    row = {"info": {"id": "t3_aaa01", "post": "p"}, "summary": {"text": "s"}, "worker": "w_alpha", "split": "train"}
+    (folder / "tldraxis1.json").write_text(json.dumps(row) + "\n")
+
+
+def test_main_reddit_skips_axis_evals_folder(tmp_path):
+    data_dir = copy_reddit(tmp_path / "release")
+    make_axis_eval_file(data_dir / "axis_evals")
+    code = main(["reddit", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(tmp_path / "reddit")])
+    assert code == 0
+    assert list(read_embedding_files(tmp_path / "reddit.pt", tmp_path / "reddit.json").users) == ["w_alpha", "w_beta"]
+
+
+def test_reddit_reads_file_named_axis_outside_axis_folder(tmp_path):
+    data_dir = copy_reddit(tmp_path / "release")
+    make_axis_eval_file(data_dir / "evals")
+    (data_dir / "evals" / "tldraxis1.json").rename(data_dir / "axis.json")
+    with pytest.raises(DatasetError, match="axis.json lacks the comparison column"):
+        load_reddit(data_dir)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_main_reddit_empty_file_is_named(tmp_path, capsys, content):
+    data_dir = copy_reddit(tmp_path / "release")
+    (data_dir / "comparisons" / "batch99.json").write_text(content)
+    code = main(["reddit", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {data_dir / 'comparisons' / 'batch99.json'} is empty: it contains no comparison rows; "
+        "delete it or replace it with the full file"
+    )

@@ -17,6 +17,9 @@ finish. Under `accelerate launch` each process embeds every
 `num_processes`-th chunk, and the main process merges the chunks at the end.
 A rerun with the same encoder and inputs skips the chunks already written, so
 an interrupted run resumes where it stopped.
+
+Existing `PREFIX.pt` and `PREFIX.json` files are replaced only with
+`--overwrite`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tqdm.auto import tqdm
 from mrm.data import write_embedding_files
 from mrm.datasets import (
     DEFAULT_SPLIT_SEED,
+    PRISM_MIN_CONVERSATIONS,
     DatasetError,
     PreparedDataset,
     load_pairs_file,
@@ -98,8 +102,10 @@ class EmbedConfig:
             "reddit: the comparison files of openai/summarize_from_feedback anywhere below it, either the Hub's "
             "parquet conversion (comparisons/train/*.parquet, comparisons/validation/*.parquet) or the original "
             "JSON Lines files (comparisons/batch*.json); a path naming train or validation sets the split, "
-            "otherwise each row's split field does, and paths containing a folder named axis are skipped. "
-            "prism: survey.jsonl and conversations.jsonl of HannahRoseKirk/prism-alignment directly in it."
+            "otherwise each row's split field does, and files in folders whose names start with axis (such as the "
+            "release's axis_evals/) are skipped. --out must then be outside this folder. "
+            "prism: survey.jsonl and conversations.jsonl of HannahRoseKirk/prism-alignment directly in it. "
+            "Not used with the pairs dataset."
         )},
     )
     cache_dir: str | None = field(
@@ -134,6 +140,9 @@ class EmbedConfig:
         metadata={"help": "Delete a PREFIX.shards folder left by a run with another encoder or inputs instead of failing."},
     )
     keep_shards: bool = field(default=False, metadata={"help": "Keep PREFIX.shards after the final files are written."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace PREFIX.pt and PREFIX.json when they exist instead of failing."}
+    )
     dtype: str = field(
         default="float32",
         metadata={"help": "Storage type of PREFIX.pt: float32, or bfloat16 for half the size (what a bf16 model outputs)."},
@@ -170,6 +179,8 @@ def check_config(config: EmbedConfig) -> None:
         raise ValueError("the pairs dataset needs --input FILE (a CSV or JSON Lines file of prompt, chosen, rejected)")
     if config.dataset != "pairs" and config.input:
         raise ValueError(f"--input is only used with the pairs dataset; for {config.dataset} use --data_dir")
+    if config.dataset == "pairs" and config.data_dir:
+        raise ValueError("--data_dir is only used with the reddit and prism datasets; for pairs use --input FILE")
     for name in ("batch_size", "chunk_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(config, name)}")
@@ -186,6 +197,45 @@ def check_config(config: EmbedConfig) -> None:
     if config.val_fraction > 0 and config.pairs_split != "train":
         raise ValueError("--val_fraction holds pairs out of the train split, so it cannot be combined with --pairs_split val")
     check_output_prefix(config.out)
+    if config.dataset == "reddit" and config.data_dir:
+        check_out_outside_data_dir(config.out, config.data_dir)
+    if not config.overwrite:
+        check_no_final_files(config.out)
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """Return the `PREFIX.pt` and `PREFIX.json` paths of an output prefix."""
+    prefix = Path(out)
+    return prefix.with_name(prefix.name + ".pt"), prefix.with_name(prefix.name + ".json")
+
+
+def check_no_final_files(out: str) -> None:
+    """Raise ValueError when `PREFIX.pt` or `PREFIX.json` exists, so that a rerun never replaces them silently.
+
+    The shard folder of an unfinished run does not count, because that run
+    has not written the final files yet.
+    """
+    existing = [str(path) for path in output_paths(out) if path.exists()]
+    if existing:
+        raise ValueError(
+            f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "choose another --out, or pass --overwrite to replace them"
+        )
+
+
+def check_out_outside_data_dir(out: str, data_dir: str) -> None:
+    """Raise ValueError when the `--out` prefix lies inside the Reddit `--data_dir`.
+
+    Every JSON, JSON Lines and parquet file below that folder is read as
+    comparisons, so the next run would read this run's output as input.
+    """
+    folder = Path(data_dir).resolve()
+    out_folder = Path(out).resolve().parent
+    if out_folder == folder or folder in out_folder.parents:
+        raise ValueError(
+            f"--out {out} is inside --data_dir {data_dir}, where every .json, .jsonl and .parquet file is read as "
+            f"comparisons, so the next run would read this run's output; choose an --out outside {data_dir}"
+        )
 
 
 def check_output_prefix(out: str) -> None:
@@ -411,25 +461,39 @@ def attach_model_scores(users: dict[str, list[dict]], scores: Tensor | None) -> 
     }
 
 
-def split_warnings(users: Mapping[str, list[dict]], json_path: Path) -> list[str]:
-    """Return what keeps `train` and `evaluate` from using all of a pairs file's users, with the fix.
+def split_warnings(
+    users: Mapping[str, list[dict]], json_path: Path, dataset: str = "pairs", max_users: int | None = None
+) -> list[str]:
+    """Return what keeps `train` and `evaluate` from using all users of a written file, with the fix.
 
     Both commands split users into seen and unseen halves and skip a user who
     lacks train or val pairs, so they need at least two users with both.
+    `dataset` and `max_users` are the settings of the run, which choose the fix.
     """
     complete = [user_id for user_id, entries in users.items() if {e["split"] for e in entries} >= {"train", "val"}]
     if len(complete) == len(users) and len(users) >= MIN_TRAINING_USERS:
         return []
     counts = Counter(entry["split"] for entries in users.values() for entry in entries)
     if len(complete) >= MIN_TRAINING_USERS:
-        return [
+        message = (
             f"{json_path}: {len(users) - len(complete)} of {len(users)} users have no train or no val pairs, "
-            "so train and evaluate skip them. Give each of them pairs of both splits to use them."
-        ]
+            "so train and evaluate skip them."
+        )
+        if dataset == "pairs":
+            message += " Give each of them pairs of both splits to use them."
+        return [message]
     fixes = []
-    if len(users) < MIN_TRAINING_USERS:
+    if max_users is not None and len(users) >= max_users and (dataset != "pairs" or len(users) < MIN_TRAINING_USERS):
+        fixes.append("raise --max_users to include more users, or leave it unset")
+    elif dataset == "reddit":
+        fixes.append("use comparison files with more workers who have comparisons in both the train and the validation split")
+    elif dataset == "prism":
+        fixes.append(
+            f"use files with more participants who have {PRISM_MIN_CONVERSATIONS} or more conversations with rated replies"
+        )
+    elif len(users) < MIN_TRAINING_USERS:
         fixes.append(f"give the rows a user_id column with at least {MIN_TRAINING_USERS} different users")
-    if counts["val"] == 0 or counts["train"] == 0 or len(complete) < len(users):
+    if dataset == "pairs" and (counts["val"] == 0 or counts["train"] == 0 or len(complete) < len(users)):
         fixes.append("give each user pairs of both splits with a split column (train or val) or with --val_fraction 0.3")
     return [
         f"{json_path} is not usable by train or evaluate yet. They need at least {MIN_TRAINING_USERS} users with "
@@ -514,9 +578,8 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
     pt_path, json_path = write_embedding_files(config.out, embeddings, users)
     if not config.keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
-    if config.dataset == "pairs":
-        for message in split_warnings(users, json_path):
-            logger.warning("%s", message)
+    for message in split_warnings(users, json_path, config.dataset, config.max_users):
+        logger.warning("%s", message)
     return EmbedResult(
         pt_path=pt_path, json_path=json_path, num_users=len(users), num_pairs=dataset.num_pairs,
         num_conversations=len(conversations), num_truncated=num_truncated, stats=dataset.stats,

@@ -766,6 +766,41 @@ def test_main_prism_record_must_be_object(tmp_path, capsys):
     assert "survey.jsonl line 6: expected a JSON object, got list" in capsys.readouterr().err
 
 
+def pairs_arguments(out: Path, *extra: str) -> list[str]:
+    return ["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo", "--out", str(out), *extra]
+
+
+def test_main_rerun_keeps_existing_output(tmp_path, capsys):
+    out = tmp_path / "mine"
+    assert main(pairs_arguments(out)) == 0
+    written = (tmp_path / "mine.json").read_bytes()
+    capsys.readouterr()
+
+    code = main(pairs_arguments(out, "--val_fraction", "0.3"))
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {out}.pt and {out}.json already exist; choose another --out, or pass --overwrite to replace them"
+    )
+    assert (tmp_path / "mine.json").read_bytes() == written
+
+
+def test_main_existing_output_checked_before_encoder_loads(tmp_path, capsys):
+    (tmp_path / "mine.json").write_text("{}")
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", str(tmp_path / "no_model"),
+                 "--out", str(tmp_path / "mine")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"{tmp_path / 'mine.json'} already exists" in error
+    assert not shard_dir_for(tmp_path / "mine").exists()
+
+
+def test_main_overwrite_replaces_output(tmp_path):
+    (tmp_path / "mine.pt").write_bytes(b"old")
+    (tmp_path / "mine.json").write_text("{}")
+    assert main(pairs_arguments(tmp_path / "mine", "--overwrite")) == 0
+    assert sorted(read_embedding_files(tmp_path / "mine.pt", tmp_path / "mine.json").users) == ["ann", "bob"]
+
+
 def make_axis_eval_file(folder: Path) -> None:
     """Write an axis evaluation file in the original release's layout: no choice or summaries columns."""
     folder.mkdir(parents=True)
@@ -789,6 +824,11 @@ def test_reddit_reads_file_named_axis_outside_axis_folder(tmp_path):
         load_reddit(data_dir)
 
 
+def test_parser_help_names_axis_folders():
+    help_text = {action.dest: action.help for action in build_parser()._actions}["data_dir"]
+    assert "folders whose names start with axis" in help_text
+
+
 @pytest.mark.parametrize("content", ["", "\n\n"])
 def test_main_reddit_empty_file_is_named(tmp_path, capsys, content):
     data_dir = copy_reddit(tmp_path / "release")
@@ -799,3 +839,52 @@ def test_main_reddit_empty_file_is_named(tmp_path, capsys, content):
         f"error: {data_dir / 'comparisons' / 'batch99.json'} is empty: it contains no comparison rows; "
         "delete it or replace it with the full file"
     )
+
+
+def test_main_reddit_out_inside_data_dir(tmp_path, capsys):
+    data_dir = copy_reddit(tmp_path / "release")
+    out = data_dir / "embeddings" / "reddit"
+    code = main(["reddit", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(out)])
+    assert code == 2
+    assert f"--out {out} is inside --data_dir {data_dir}" in capsys.readouterr().err
+    assert not (data_dir / "embeddings").exists()
+
+
+def test_main_prism_out_inside_data_dir_is_allowed(tmp_path):
+    data_dir = copy_prism(tmp_path / "prism")
+    assert main(["prism", "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(data_dir / "prism")]) == 0
+
+
+def test_main_pairs_with_data_dir_is_an_error(tmp_path, capsys):
+    code = main(pairs_arguments(tmp_path / "x", "--data_dir", str(REDDIT_DIR)))
+    assert code == 2
+    assert "--data_dir is only used with the reddit and prism datasets; for pairs use --input FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("dataset", "data_dir"), [("reddit", REDDIT_DIR), ("prism", PRISM_DIR)])
+def test_main_warns_when_one_user_kept(tmp_path, caplog, dataset, data_dir):
+    caplog.set_level("WARNING", logger="mrm.prepare")
+    code = main([dataset, "--data_dir", str(data_dir), "--encoder", "demo", "--out", str(tmp_path / dataset),
+                 "--max_users", "1"])
+    messages = [record.getMessage() for record in caplog.records if record.name == "mrm.prepare"]
+    assert code == 0
+    assert len(messages) == 1
+    assert "is not usable by train or evaluate yet" in messages[0]
+    assert "raise --max_users to include more users, or leave it unset" in messages[0]
+
+
+def test_main_no_warning_for_full_prism_fixture(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="mrm.prepare")
+    assert main(["prism", "--data_dir", str(PRISM_DIR), "--encoder", "demo", "--out", str(tmp_path / "prism")]) == 0
+    assert [record.getMessage() for record in caplog.records if record.name == "mrm.prepare"] == []
+
+
+def test_split_warnings_prism_without_max_users():
+    messages = split_warnings({"u": [{"split": "train"}, {"split": "val"}]}, Path("x.json"), "prism")
+    assert "participants who have 6 or more conversations" in messages[0]
+
+
+def test_split_warnings_pairs_max_users_one():
+    users = {"ann": [{"split": "train"}, {"split": "val"}]}
+    messages = split_warnings(users, Path("x.json"), "pairs", max_users=1)
+    assert "raise --max_users" in messages[0]

@@ -19,7 +19,8 @@ A rerun with the same encoder and inputs skips the chunks already written, so
 an interrupted run resumes where it stopped.
 
 Existing `PREFIX.pt` and `PREFIX.json` files are replaced only with
-`--overwrite`.
+`--overwrite`. Ctrl-C or SIGTERM stops the command with exit code 130 and a
+one-line message that reports how many chunks are on disk.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +69,10 @@ MIN_TRAINING_USERS = 2
 
 class ShardError(RuntimeError):
     """A shard folder that belongs to another run or is incomplete."""
+
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM. Its message reports the chunks on disk and how to continue."""
 
 
 @dataclass
@@ -383,25 +390,25 @@ def embed_shards(
     )
 
     total = sum(min(len(conversations), (chunk + 1) * chunk_size) - chunk * chunk_size for chunk in todo)
-    bar = tqdm(total=total, desc="embedding", unit="conv", disable=not progress)
     done = []
-    for chunk in todo:
-        start, stop = chunk * chunk_size, min(len(conversations), (chunk + 1) * chunk_size)
-        prompts = [prompt_text(prompt) for prompt, _ in conversations[start:stop]]
-        responses = [response for _, response in conversations[start:stop]]
-        batch = encoder.encode(prompts, responses, batch_size=batch_size, progress=False)
-        record = {
-            "start": start,
-            "stop": stop,
-            "embeddings": batch.embeddings.to(torch.float32).cpu().contiguous(),  # [n, H]
-            "scores": None if batch.scores is None else batch.scores.to(torch.float32).cpu(),  # [n]
-            "num_truncated": int(batch.num_truncated),
-        }
-        with atomic_path(chunk_path(shard_dir, chunk)) as tmp:
-            torch.save(record, tmp)
-        done.append(chunk)
-        bar.update(stop - start)
-    bar.close()
+    # The context closes the progress bar on an interrupt too, so a message printed after it starts on its own line.
+    with tqdm(total=total, desc="embedding", unit="conv", disable=not progress) as bar:
+        for chunk in todo:
+            start, stop = chunk * chunk_size, min(len(conversations), (chunk + 1) * chunk_size)
+            prompts = [prompt_text(prompt) for prompt, _ in conversations[start:stop]]
+            responses = [response for _, response in conversations[start:stop]]
+            batch = encoder.encode(prompts, responses, batch_size=batch_size, progress=False)
+            record = {
+                "start": start,
+                "stop": stop,
+                "embeddings": batch.embeddings.to(torch.float32).cpu().contiguous(),  # [n, H]
+                "scores": None if batch.scores is None else batch.scores.to(torch.float32).cpu(),  # [n]
+                "num_truncated": int(batch.num_truncated),
+            }
+            with atomic_path(chunk_path(shard_dir, chunk)) as tmp:
+                torch.save(record, tmp)
+            done.append(chunk)
+            bar.update(stop - start)
     return done
 
 
@@ -523,6 +530,8 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
 
     `encoder` replaces `mrm.encoders.load_encoder(config.encoder, ...)`, for
     callers that already hold one; it is loaded only when chunks remain to embed.
+    A KeyboardInterrupt is raised again as `EmbedInterrupted`, whose message
+    reports how many chunks are on disk and how to continue.
     """
     from accelerate import PartialState
 
@@ -534,16 +543,59 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
     state = PartialState(cpu=True) if launched and not torch.cuda.is_available() else PartialState()
 
     # Read the dataset; the main process goes first so that Hub downloads happen once.
-    with state.main_process_first():
-        dataset = load_dataset(config)
+    try:
+        with state.main_process_first():
+            dataset = load_dataset(config)
+    except KeyboardInterrupt as error:
+        raise EmbedInterrupted("interrupted while reading the dataset, before any embedding") from error
     conversations = dataset.conversations
     logger.info(
         "%s: %d users, %d pairs, %d unique conversations (%s)",
         dataset.name, len(dataset.users), dataset.num_pairs, len(conversations), dataset.stats,
     )
 
-    # Check or create the shard folder on the main process.
     shard_dir = shard_dir_for(config.out)
+    total = num_chunks(len(conversations), config.chunk_size)
+    try:
+        embeddings, scores, num_truncated = embed_and_merge(config, conversations, encoder, state, shard_dir)
+    except KeyboardInterrupt as error:
+        done = sum(chunk_path(shard_dir, chunk).is_file() for chunk in range(total))
+        raise EmbedInterrupted(
+            f"interrupted after {done} of {total} chunks; rerun the same command to resume"
+        ) from error
+    if embeddings is None:
+        return None
+
+    # Write the final files. Each is written atomically, but an interrupt can fall between the two.
+    if num_truncated:
+        logger.warning("%d conversations were truncated to the encoder's maximum length", num_truncated)
+    users = attach_model_scores(dataset.users, scores)
+    try:
+        pt_path, json_path = write_embedding_files(config.out, embeddings, users)
+    except KeyboardInterrupt as error:
+        raise EmbedInterrupted(
+            f"interrupted while writing {config.out}.pt and {config.out}.json after all {total} chunks were embedded; "
+            "rerun the same command with --overwrite to write them again from the chunks"
+        ) from error
+    if not config.keep_shards:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    for message in split_warnings(users, json_path, config.dataset, config.max_users):
+        logger.warning("%s", message)
+    return EmbedResult(
+        pt_path=pt_path, json_path=json_path, num_users=len(users), num_pairs=dataset.num_pairs,
+        num_conversations=len(conversations), num_truncated=num_truncated, stats=dataset.stats,
+    )
+
+
+def embed_and_merge(
+    config: EmbedConfig, conversations: Sequence[tuple], encoder, state, shard_dir: Path
+) -> tuple[Tensor | None, Tensor | None, int]:
+    """Embed the chunks that are not on disk and merge all of them on the main process.
+
+    Returns (embeddings [N, H], scores [N] or None, truncated count) on the
+    main process and (None, None, 0) on the others.
+    """
+    # Check or create the shard folder on the main process.
     encoder_id = config.encoder if encoder is None else encoder.encoder_id
     revision = config.revision if encoder is None else encoder.revision
     manifest = make_manifest(encoder_id, revision, conversations, config.chunk_size)
@@ -566,37 +618,40 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
         )
     state.wait_for_everyone()
     if not state.is_main_process:
-        return None
+        return None, None, 0
+    return merge_shards(shard_dir, len(conversations), config.chunk_size, STORAGE_DTYPES[config.dtype])
 
-    # Merge and write the final files.
-    embeddings, scores, num_truncated = merge_shards(
-        shard_dir, len(conversations), config.chunk_size, STORAGE_DTYPES[config.dtype]
-    )
-    if num_truncated:
-        logger.warning("%d conversations were truncated to the encoder's maximum length", num_truncated)
-    users = attach_model_scores(dataset.users, scores)
-    pt_path, json_path = write_embedding_files(config.out, embeddings, users)
-    if not config.keep_shards:
-        shutil.rmtree(shard_dir, ignore_errors=True)
-    for message in split_warnings(users, json_path, config.dataset, config.max_users):
-        logger.warning("%s", message)
-    return EmbedResult(
-        pt_path=pt_path, json_path=json_path, num_users=len(users), num_pairs=dataset.num_pairs,
-        num_conversations=len(conversations), num_truncated=num_truncated, stats=dataset.stats,
-    )
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m mrm embed`; return the exit code."""
+    """Entry point of `python -m mrm embed`; return the exit code.
+
+    Ctrl-C and SIGTERM both stop the run with exit code 130. SIGTERM is turned
+    into KeyboardInterrupt while the command runs in the main thread.
+    """
     args = build_parser().parse_args(argv)
     config = EmbedConfig(**vars(args))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main_thread else None
     try:
         result = run_embed(config)
+    except EmbedInterrupted as error:
+        print(error, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before any embedding; rerun the same command to start again", file=sys.stderr)
+        return 130
     except (ValueError, ShardError, DatasetError, EncoderLoadError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler if previous_handler is not None else signal.SIG_DFL)
     if result is not None:
         print(
             f"wrote {result.pt_path} ({result.num_conversations} conversations) and {result.json_path} "

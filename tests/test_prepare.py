@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -799,6 +801,39 @@ def test_main_overwrite_replaces_output(tmp_path):
     (tmp_path / "mine.json").write_text("{}")
     assert main(pairs_arguments(tmp_path / "mine", "--overwrite")) == 0
     assert sorted(read_embedding_files(tmp_path / "mine.pt", tmp_path / "mine.json").users) == ["ann", "bob"]
+
+
+class SignallingEncoder(HashEncoder):
+    """A stand-in encoder that sends `signum` to its own process on call number `after_calls` + 1."""
+
+    def __init__(self, signum: int, after_calls: int):
+        super().__init__(encoder_id="demo")
+        self.signum = signum
+        self.after_calls = after_calls
+
+    def encode(self, prompts, responses, batch_size=16, progress=False) -> EncodedBatch:
+        if self.calls == self.after_calls:
+            os.kill(os.getpid(), self.signum)
+            time.sleep(10)  # the signal's KeyboardInterrupt ends this sleep
+            raise AssertionError(f"signal {self.signum} was not turned into KeyboardInterrupt")
+        return super().encode(prompts, responses, batch_size, progress)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_main_interrupt_reports_chunks_and_resumes(tmp_path, capsys, monkeypatch, signum):
+    arguments = pairs_arguments(tmp_path / "mine", "--chunk_size", "2")
+    monkeypatch.setattr("mrm.prepare.load_encoder", lambda *args, **kwargs: SignallingEncoder(signum, after_calls=1))
+    handler_before = signal.getsignal(signal.SIGTERM)
+    code = main(arguments)
+    assert code == 130
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line == "interrupted after 1 of 4 chunks; rerun the same command to resume"
+    assert signal.getsignal(signal.SIGTERM) == handler_before
+
+    resumed = HashEncoder(encoder_id="demo")
+    monkeypatch.setattr("mrm.prepare.load_encoder", lambda *args, **kwargs: resumed)
+    assert main(arguments) == 0
+    assert resumed.calls == 3
 
 
 def make_axis_eval_file(folder: Path) -> None:

@@ -391,13 +391,18 @@ def schedule_length(num_seen: int, epochs: int, tasks_per_batch: int) -> int:
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+    """Learning-rate factor: linear warm-up from 0 to 1, then cosine decay to 0 at `total_steps`.
+
+    The same curve as the published runs, which use transformers'
+    `get_cosine_schedule_with_warmup`: the first step runs at factor 0, and
+    steps past `total_steps` follow the cosine back up from 0.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return step / max(1, warmup_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return factor
 

@@ -115,7 +115,17 @@ def test_evaluation_matches_per_user_loop(population):
 
 def test_cosine_schedule_warms_up_then_decays():
     factor = cosine_with_warmup(total_steps=100, warmup_steps=10)
-    assert [round(factor(s), 4) for s in (0, 9, 10, 55, 100)] == [0.1, 1.0, 1.0, 0.5, 0.0]
+    assert [round(factor(s), 4) for s in (0, 5, 9, 10, 55, 100)] == [0.0, 0.5, 0.9, 1.0, 0.5, 0.0]
+
+
+def test_cosine_schedule_matches_transformers():
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=7, num_training_steps=50)
+    factor = cosine_with_warmup(total_steps=50, warmup_steps=7)
+    for step in range(55):  # a few steps past the end, as a final partial group can take
+        assert factor(step) == pytest.approx(reference.lr_lambdas[0](step), abs=1e-12)
 
 
 def test_meta_train_is_deterministic(population):

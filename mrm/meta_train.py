@@ -384,8 +384,8 @@ def schedule_length(num_seen: int, epochs: int, tasks_per_batch: int) -> int:
     """Return the learning-rate schedule's length in outer steps, as the published code computes it.
 
     That is seen users x epochs // tasks_per_batch. With a final partial group
-    in each epoch a run takes a few more steps, which run at the schedule's end
-    value of 0.
+    in each epoch a run takes a few more steps, where the cosine rises slightly
+    above 0 again, as in the published runs.
     """
     return max(1, num_seen * epochs // tasks_per_batch)
 

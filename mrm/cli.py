@@ -169,6 +169,29 @@ def checkpoint_settings(checkpoint_path: Path) -> dict:
     return settings
 
 
+def warn_if_encoders_differ(checkpoint_path: Path, embed_pt: str) -> None:
+    """Log a warning when the checkpoint and the embedding file record different encoders.
+
+    Two encoders of the same width pass the width check, but the head's rewards
+    mean nothing on another encoder's embeddings. Files without a record
+    (published ones) are not compared.
+    """
+    from mrm.data import read_encoder_record
+
+    folder = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
+    try:
+        checkpoint_encoder = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("encoder_id")
+    except (OSError, ValueError, AttributeError):
+        return
+    record = read_encoder_record(embed_pt)
+    if checkpoint_encoder and record is not None and record["encoder_id"] != checkpoint_encoder:
+        logger.warning(
+            "the checkpoint was trained on embeddings of %s, but %s was embedded with %s; "
+            "embed the data with the checkpoint's encoder, or the accuracies mean nothing",
+            checkpoint_encoder, embed_pt, record["encoder_id"],
+        )
+
+
 def config_from_args(args: argparse.Namespace, checkpoint_defaults: dict | None = None) -> TrainConfig:
     """Merge settings: dataclass defaults < checkpoint's recorded settings < preset < explicit flags."""
     values = dict(checkpoint_defaults or {})
@@ -311,6 +334,7 @@ def run_evaluate(argv: list[str]) -> int:
                 f"embedding width {data.hidden_size} in {config.embed_pt} does not match the checkpoint's in_dim "
                 f"{model.in_dim}; embed the data with the reward model the checkpoint was trained on"
             )
+        warn_if_encoders_differ(checkpoint_path, config.embed_pt)
         splits = build_user_splits(data, config.seed, config.dataset, config.seen_train_limit, config.unseen_train_limit, config.score_threshold)
         warn_if_no_unseen_users(splits, config.unseen_train_limit)
         embeddings = data.embeddings if device.type == "cpu" else data.embeddings.to(device)

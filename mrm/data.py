@@ -186,6 +186,36 @@ def write_embedding_files(prefix: str | os.PathLike, embeddings: Tensor, users: 
     return pt_path, json_path
 
 
+def encoder_record_path(embed_pt: str | os.PathLike) -> Path:
+    """Return the file beside `NAME.pt` that records the encoder of its embeddings: `NAME.encoder.json`."""
+    path = Path(embed_pt)
+    stem = path.name[: -len(".pt")] if path.name.endswith(".pt") else path.name
+    return path.with_name(stem + ".encoder.json")
+
+
+def write_encoder_record(embed_pt: str | os.PathLike, encoder_id: str, encoder_revision: str | None, hidden_size: int) -> Path:
+    """Record which encoder made the embeddings in `embed_pt` (the published format itself has no field for it)."""
+    path = encoder_record_path(embed_pt)
+    write_json_atomic(path, {"encoder_id": encoder_id, "encoder_revision": encoder_revision, "hidden_size": hidden_size})
+    return path
+
+
+def read_encoder_record(embed_pt: str | os.PathLike) -> dict | None:
+    """Return the encoder record beside `embed_pt`, or None when there is none (published files have none)."""
+    path = encoder_record_path(embed_pt)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring the encoder record %s: %s", path, error)
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("encoder_id"), str):
+        logger.warning("ignoring the encoder record %s: it has no encoder_id", path)
+        return None
+    return record
+
+
 # ----------------------------------------------------------------------------- splits
 
 

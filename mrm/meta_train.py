@@ -32,6 +32,7 @@ from mrm.data import (
     num_groups,
     pairs_in_groups,
     read_embedding_files,
+    read_encoder_record,
     support_query_split,
 )
 from mrm.evaluate import evaluate, holdout_accuracy, write_per_user_csv
@@ -460,6 +461,9 @@ def _meta_train(config: TrainConfig, inputs: TrainingInputs, run: RunFolder, cal
     optimizer = torch.optim.Adam(model.parameters(), lr=config.meta_lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, int(config.warmup_ratio * total_steps)))
     extra = {"training": {k: v for k, v in asdict(config).items() if k not in ("embed_pt", "meta_json", "output_path", "device", "overwrite")}}
+    record = read_encoder_record(config.embed_pt)
+    if record is not None:  # checkpoints then name the encoder their embeddings need
+        extra.update(encoder_id=record["encoder_id"], encoder_revision=record.get("encoder_revision"))
 
     differences = training_differences(embeddings, splits.seen, device)
     history: list[dict] = []

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mrm.data import write_embedding_files
+from mrm.data import write_embedding_files, write_encoder_record
 from mrm.datasets import (
     DEFAULT_SPLIT_SEED,
     PRISM_MIN_CONVERSATIONS,
@@ -577,6 +577,9 @@ def run_embed(config: EmbedConfig, encoder=None) -> EmbedResult | None:
             f"interrupted while writing {config.out}.pt and {config.out}.json after all {total} chunks were embedded; "
             "rerun the same command with --overwrite to write them again from the chunks"
         ) from error
+    # The shard manifest names the encoder as the chunks were made, even when this run loaded none.
+    manifest = json.loads((shard_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    write_encoder_record(pt_path, manifest["encoder_id"], manifest.get("encoder_revision"), int(embeddings.shape[1]))
     if not config.keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
     for message in split_warnings(users, json_path, config.dataset, config.max_users):

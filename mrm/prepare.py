@@ -56,6 +56,7 @@ from mrm.datasets import (
 )
 from mrm.encoders import DEFAULT_ENCODER, DEMO_ENCODER, EncoderLoadError, load_encoder
 from mrm.fileio import atomic_path, write_json_atomic
+from mrm.meta_train import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,11 @@ class EmbedConfig:
     overwrite: bool = field(
         default=False, metadata={"help": "Replace PREFIX.pt and PREFIX.json when they exist instead of failing."}
     )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Device of the encoder: cpu, cuda or cuda:N. Default: the launcher's choice, the "
+                          "process's GPU when there is one, else the CPU. Not allowed with several processes."},
+    )
     dtype: str = field(
         default="float32",
         metadata={"help": "Storage type of PREFIX.pt: float32, or bfloat16 for half the size (what a bf16 model outputs)."},
@@ -203,6 +209,10 @@ def check_config(config: EmbedConfig) -> None:
         raise ValueError(f"--val_fraction is only used with the pairs dataset; {config.dataset} has its own splits")
     if config.val_fraction > 0 and config.pairs_split != "train":
         raise ValueError("--val_fraction holds pairs out of the train split, so it cannot be combined with --pairs_split val")
+    if config.device is not None:
+        resolve_device(config.device)  # raises ValueError naming --device and the choices
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--device cannot be combined with a multi-process launch: each process uses its own GPU")
     check_output_prefix(config.out)
     if config.dataset == "reddit" and config.data_dir:
         check_out_outside_data_dir(config.out, config.data_dir)
@@ -611,8 +621,10 @@ def embed_and_merge(
     mine = chunks_for_process(total, state.process_index, state.num_processes)
     if any(not chunk_path(shard_dir, chunk).is_file() for chunk in mine):
         if encoder is None:
+            device = state.device if config.device is None else resolve_device(config.device)
             encoder = load_encoder(
-                config.encoder, device=state.device, revision=config.revision, cache_dir=config.embedding_cache_dir,
+                config.encoder, device=device, revision=config.revision,
+                cache_dir=config.embedding_cache_dir,
                 **({"hub_cache_dir": config.cache_dir} if config.cache_dir and config.encoder != DEMO_ENCODER else {}),
             )
         embed_shards(

@@ -923,3 +923,30 @@ def test_split_warnings_pairs_max_users_one():
     users = {"ann": [{"split": "train"}, {"split": "val"}]}
     messages = split_warnings(users, Path("x.json"), "pairs", max_users=1)
     assert "raise --max_users" in messages[0]
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("bogus", "--device 'bogus' is not a device name"),
+    ("tpu", "--device 'tpu' is not"),
+])
+def test_main_rejects_invalid_device(tmp_path, capsys, device, message):
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo",
+                 "--out", str(tmp_path / "x"), "--device", device])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_main_device_cpu_embeds(tmp_path):
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo",
+                 "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert code == 0
+    assert (tmp_path / "x.pt").is_file()
+
+
+def test_main_device_rejected_with_several_processes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo",
+                 "--out", str(tmp_path / "x"), "--device", "cpu"])
+    assert code == 2
+    assert "multi-process launch" in capsys.readouterr().err

@@ -31,20 +31,16 @@ from mrm.datasets import (
 )
 from mrm.encoder_base import EncodedBatch, flatten_prompt
 from mrm.encoders import load_encoder
-from mrm.prepare import (
-    EmbedConfig,
+from mrm.prepare import EmbedConfig, build_parser, main, run_embed, split_warnings
+from mrm.shards import (
     ShardError,
-    build_parser,
     chunk_path,
     embed_shards,
-    main,
     make_manifest,
     merge_shards,
     prepare_shard_dir,
     prompt_text,
-    run_embed,
     shard_dir_for,
-    split_warnings,
 )
 from tests.tiny_models import build_tiny_reward_model
 

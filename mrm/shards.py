@@ -1,8 +1,8 @@
 """Shard folders of `python -m mrm embed`: chunks of embeddings written as they finish.
 
-A run writes its chunks to `PREFIX.shards/` with a manifest naming the
-encoder, a digest of the inputs and the chunk size, so an interrupted run
-resumes from the chunks on disk and a run with other inputs never mixes
+A run writes its chunks to `PREFIX.shards/` with a manifest that names the
+encoder, a digest of the inputs and the chunk size. An interrupted run
+resumes from the chunks on disk, and a run with other inputs never mixes
 with them. Several processes (`accelerate launch`) each embed their share of
 the chunks; the main process merges them at the end.
 """

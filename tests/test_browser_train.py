@@ -70,8 +70,9 @@ def test_train_tab_start_progress_cancel(tmp_path):
             status = page.locator("#mrm-run-status")
             sync_api.expect(status).to_have_attribute("data-state", "running")
             sync_api.expect(status).to_contain_text(re.compile(r"epoch [1-9]\d* / 5000"), timeout=40_000)
-            # The legend appears once the accuracy curves are drawn.
-            sync_api.expect(page.locator("#mrm-train-curves")).to_contain_text("unseen", timeout=10_000)
+            # The legend appears once the accuracy curves are drawn: after two evaluations (a
+            # line needs two points) and the tab's next poll, which takes longer on a busy machine.
+            sync_api.expect(page.locator("#mrm-train-curves")).to_contain_text("unseen", timeout=40_000)
             page.screenshot(path=str(ARTIFACTS / "train_running.png"), full_page=True)
 
             page.locator("#mrm-train-cancel").click()

@@ -197,6 +197,9 @@ def check_config(config: EmbedConfig) -> None:
         raise ValueError(f"--input is only used with the pairs dataset; for {config.dataset} use --data_dir")
     if config.dataset == "pairs" and config.data_dir:
         raise ValueError("--data_dir is only used with the reddit and prism datasets; for pairs use --input FILE")
+    if config.data_revision and (config.data_dir or config.dataset == "pairs"):
+        source = "--data_dir" if config.data_dir else "a pairs file"
+        raise ValueError(f"--data_revision picks a revision of the Hub dataset, so it has no effect with {source}; drop it")
     for name in ("batch_size", "chunk_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(config, name)}")

@@ -946,3 +946,17 @@ def test_main_device_rejected_with_several_processes(tmp_path, capsys, monkeypat
                  "--out", str(tmp_path / "x"), "--device", "cpu"])
     assert code == 2
     assert "multi-process launch" in capsys.readouterr().err
+
+
+def test_main_rejects_data_revision_with_pairs(tmp_path, capsys):
+    code = main(["pairs", "--input", str(FIXTURES / "pairs_valid.csv"), "--encoder", "demo",
+                 "--out", str(tmp_path / "x"), "--data_revision", "v1"])
+    assert code == 2
+    assert "--data_revision picks a revision of the Hub dataset" in capsys.readouterr().err
+
+
+def test_main_rejects_data_revision_with_data_dir(tmp_path, capsys):
+    code = main(["prism", "--data_dir", str(tmp_path), "--encoder", "demo", "--out", str(tmp_path / "out" / "x"),
+                 "--data_revision", "v1"])
+    assert code == 2
+    assert "no effect with --data_dir" in capsys.readouterr().err

@@ -145,20 +145,23 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def checkpoint_config(checkpoint_path: Path) -> dict:
+    """Return the `config.json` beside a checkpoint, or {} when it is missing or unreadable (published `.pt` files)."""
+    folder = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def checkpoint_settings(checkpoint_path: Path) -> dict:
     """Evaluation settings recorded in the `config.json` beside a checkpoint (empty for published `.pt` files).
 
     `training` contains the run's settings; an `adaptation` entry (inner_lr,
     steps) names the adaptation its reported numbers used and takes precedence.
     """
-    folder = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return {}
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    config = checkpoint_config(checkpoint_path)
     training = config.get("training") or {}
     settings = {key: training[key] for key in CHECKPOINT_SETTINGS if key in training}
     adaptation = config.get("adaptation") or {}
@@ -178,11 +181,7 @@ def warn_if_encoders_differ(checkpoint_path: Path, embed_pt: str) -> None:
     """
     from mrm.data import read_encoder_record
 
-    folder = checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
-    try:
-        checkpoint_encoder = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("encoder_id")
-    except (OSError, ValueError, AttributeError):
-        return
+    checkpoint_encoder = checkpoint_config(checkpoint_path).get("encoder_id")
     record = read_encoder_record(embed_pt)
     if checkpoint_encoder and record is not None and record["encoder_id"] != checkpoint_encoder:
         logger.warning(
@@ -312,8 +311,9 @@ def run_evaluate(argv: list[str]) -> int:
 
     try:
         # The flags alone are checked first, so a mistake is reported before any download.
-        config_from_args(args).validate_evaluation()
-        check_results_folder(config_from_args(args))
+        flag_config = config_from_args(args)
+        flag_config.validate_evaluation()
+        check_results_folder(flag_config)
         check_not_run_folder(args.ckpt)
         checkpoint_path = resolve_checkpoint(args.ckpt)
         recorded = checkpoint_settings(checkpoint_path)

@@ -550,7 +550,7 @@ def load_pairs_file(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be at least 0 and below 1, got {val_fraction}")
     if val_fraction > 0 and split != "train":
-        raise ValueError(f"val_fraction holds pairs out of the train split, so split must be 'train', got {split!r}")
+        raise ValueError(f"val_fraction moves part of the train pairs to val, so split must be 'train', got {split!r}")
     result = read_pairs(path)
     for message in result.warnings:
         logger.warning("%s: %s", path, message)

@@ -214,7 +214,7 @@ def check_config(config: EmbedConfig) -> None:
     if config.val_fraction > 0 and config.dataset != "pairs":
         raise ValueError(f"--val_fraction is only used with the pairs dataset; {config.dataset} has its own splits")
     if config.val_fraction > 0 and config.pairs_split != "train":
-        raise ValueError("--val_fraction holds pairs out of the train split, so it cannot be combined with --pairs_split val")
+        raise ValueError("--val_fraction moves part of the train pairs to val, so it cannot be combined with --pairs_split val")
     if config.device is not None:
         resolve_device(config.device)  # raises ValueError naming --device and the choices
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not card_info.get("encoder"):
-        logger.warning("no encoder is recorded with the checkpoint, so the card says 'not recorded'; "
+        logger.warning("the checkpoint records no encoder, so the card shows 'not recorded'; "
                        "pass --encoder with the id of the reward model that made the embeddings")
 
     if args.card_only:
